@@ -101,6 +101,150 @@ _register(
 )
 
 
+# --------------------------------------------------------------------------------------------- generate
+def _generate_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output root: <out>/{train,val,test}/")
+    p.add_argument("--seed", type=int, default=0, help="base seed; val and test use their own streams")
+    p.add_argument("--train-images", type=int, default=0)
+    p.add_argument("--val-images", type=int, default=0)
+    p.add_argument("--test-images", type=int, default=0)
+    p.add_argument("--questions-per-image", type=int, default=10)
+    p.add_argument("--width", type=int, default=480)
+    p.add_argument("--height", type=int, default=320)
+    p.add_argument("--min-objects", type=int, default=3)
+    p.add_argument("--max-objects", type=int, default=10)
+    p.add_argument("--cogent", choices=["A", "B"], default=None, help="CLEVR-CoGenT colour/shape condition")
+    p.add_argument("--templates", default=None, help="folder of CLEVR-format template files (default: ours)")
+    p.add_argument("--supersample", type=int, default=2, help="antialiasing rays per pixel side")
+    p.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
+    p.add_argument("--no-progress", action="store_true")
+    add_domain_flag(p)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .domain import load_domain
+    from .generate.pipeline import GenerateConfig, generate_dataset
+
+    try:
+        cfg = GenerateConfig(
+            out=args.out, seed=args.seed, train_images=args.train_images, val_images=args.val_images,
+            test_images=args.test_images, questions_per_image=args.questions_per_image, width=args.width,
+            height=args.height, min_objects=args.min_objects, max_objects=args.max_objects, cogent=args.cogent,
+            templates=args.templates, supersample=args.supersample, workers=args.workers,
+        )
+    except ValueError as e:
+        raise NSCLError(str(e)) from None
+    summary = generate_dataset(cfg, load_domain(args.domain), progress=not args.no_progress)
+    for split, counts in summary.items():
+        log.info("%s: %d images, %d questions -> %s", split, counts["images"], counts["questions"],
+                 f"{args.out}/{split}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- train
+def _train_flags(p: argparse.ArgumentParser) -> None:
+    add_data_flags(p)
+    add_data_flags(p, "extra-data")
+    add_domain_flag(p)
+    # Flags left unset keep the value of --config (or TrainConfig's default, given in brackets).
+    p.add_argument("--training-target", choices=["derender"],
+                   help="what to train [derender: perception and concepts from QA with given programs]")
+    p.add_argument("--curriculum", choices=["all", "off"], help="[all]")
+    p.add_argument("--dataset", default="clevr", choices=["clevr"])
+    p.add_argument("--batch-size", type=int, help="questions per batch, grouped by image [32]")
+    p.add_argument("--epochs", "--epoch", type=int, help="[100]")
+    p.add_argument("--validation-interval", type=int, help="[5]")
+    p.add_argument("--save-interval", type=int, help="[5]")
+    p.add_argument("--data-split", type=float, help="fraction of training images kept; the rest is dev [0.95]")
+    p.add_argument("--data-trim", type=float, help="keep this fraction (<1) or number (>=1) of questions [0: all]")
+    p.add_argument("--lr", type=float, help="[0.001]")
+    p.add_argument("--image-height", type=int, default=None, help="resize images to this height [128]")
+    p.add_argument("--backbone", choices=["small", "resnet34"], default=None)
+    p.add_argument("--pretrained", default=None, help="local ResNet-34 ImageNet state dict file")
+    p.add_argument("--config", default=None, help="JSON file of TrainConfig values (flags override it)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set model.perception.width=32 (repeatable)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--run-dir", default=None, help="where logs, metrics, curves and checkpoints go")
+    p.add_argument("--evaluate", action="store_true", help="only evaluate the --load checkpoint")
+    p.add_argument("--load", default=None, help="checkpoint to evaluate")
+    p.add_argument("--resume", default=None, help="checkpoint to continue training from")
+    p.add_argument("--use-tb", action="store_true", help="also write TensorBoard events")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch [0: torch's default]")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _parse_value(text: str):  # noqa: ANN202
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def train_config_from_args(args: argparse.Namespace):  # noqa: ANN201
+    from .config import from_dict, override
+    from .io import read_json
+    from .training.trainer import TrainConfig
+
+    cfg = from_dict(TrainConfig, read_json(args.config)) if args.config else TrainConfig()
+    updates: dict = {}
+    for flag, key in (("curriculum", "curriculum"), ("batch_size", "batch_size"), ("epochs", "epochs"),
+                      ("validation_interval", "validation_interval"), ("save_interval", "save_interval"),
+                      ("data_split", "data_split"), ("data_trim", "data_trim"), ("lr", "lr"),
+                      ("training_target", "training_target"), ("threads", "threads"),
+                      ("image_height", "image_height"), ("seed", "seed"), ("backbone", "model.perception.backbone"),
+                      ("pretrained", "model.perception.pretrained")):
+        if getattr(args, flag) is not None:
+            updates[key] = getattr(args, flag)
+    for item in args.set:
+        if "=" not in item:
+            raise NSCLError(f"--set {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        updates[k.strip()] = _parse_value(v)
+    return override(cfg, updates)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from .domain import load_domain
+    from .metrics import format_table
+    from .training.trainer import evaluate_checkpoint, fit, resolve_device
+
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    paths = split_paths(args)
+    extra = split_paths(args, "extra-data") if (args.extra_data_dir or args.extra_data_questions_json) else None
+    if args.evaluate:
+        if not args.load:
+            raise NSCLError("--evaluate needs --load CKPT")
+        metrics = evaluate_checkpoint(args.load, paths, extra, device, progress=not args.no_progress,
+                                      data_split=args.data_split)
+        print(format_table(metrics, "validation"))
+        if extra is not None:
+            print(format_table(metrics, "validationextra"))
+        return 0
+    cfg = train_config_from_args(args)
+    domain = load_domain(args.domain)
+    run_dir = args.run_dir or f"runs/{cfg.training_target}-{paths.scenes.parent.name or 'data'}"
+    res = fit(cfg, domain, paths, run_dir, device, extra, resume=args.resume, progress=not args.no_progress,
+              use_tb=args.use_tb)
+    print(format_table(res.metrics, "validation"))
+    if extra is not None:
+        print(format_table(res.metrics, "validationextra"))
+    log.info("checkpoint: %s\nlog: %s\ncurves: %s", res.checkpoint, res.run.log, res.run.curves)
+    return 0
+
+
+_register("generate", "generate a CLEVR-format dataset (scenes, images, masks, questions)", _generate_flags,
+          "cmd_generate")
+_register("train", "train NS-CL (or --evaluate a checkpoint); release-compatible flags", _train_flags, "cmd_train")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nscl", description="Neuro-Symbolic Concept Learner on modern PyTorch.")
     p.add_argument("--version", action="version", version=f"nscl {__version__}")

@@ -116,6 +116,8 @@ def parse_scene(
     for key in ("image_index", "objects"):
         if key not in d:
             raise DataError(f"{w}: missing required key {key!r}")
+    if not isinstance(d["image_index"], int) or isinstance(d["image_index"], bool):
+        raise DataError(f"{w}: 'image_index' must be an integer")
     w = f"{source}: scene {position} (image_index {d['image_index']})"
     objs_raw = d["objects"]
     if not isinstance(objs_raw, list):
@@ -141,15 +143,30 @@ def parse_scene(
                 raise DataError(f"{w}: object {i}: malformed RLE mask ({e})") from None
         extra = {k: v for k, v in o.items() if k not in attrs and k not in ("box",)}
         objects.append(SceneObject(attrs, box, o.get("mask"), extra))
-    if box_source == "detection" or (box_source == "auto" and d.get("objects_detection") and not objs_raw):
+    # Detections carry neither attributes nor relations.
+    detected = box_source == "detection" or (
+        box_source == "auto" and bool(d.get("objects_detection")) and not objs_raw
+    )
+    if detected:
         objects = []
-        for i, det in enumerate(d.get("objects_detection") or []):
-            if float(det.get("score", 1.0)) < detection_threshold:
+        dets = d.get("objects_detection") or []
+        if not isinstance(dets, list):
+            raise DataError(f"{w}: 'objects_detection' must be a list")
+        for i, det in enumerate(dets):
+            if not isinstance(det, Mapping):
+                raise DataError(f"{w}: detection {i}: must be an object")
+            score = det.get("score", 1.0)
+            if not isinstance(score, (int, float)) or isinstance(score, bool):
+                raise DataError(f"{w}: detection {i}: 'score' must be a number")
+            if score < detection_threshold:
                 continue
             if "box" in det:
                 box = _parse_box(det["box"], f"{w}: detection {i}")
             elif "mask" in det:
-                box = _rle_box(det["mask"])
+                try:
+                    box = _rle_box(det["mask"])
+                except (TypeError, ValueError, KeyError) as e:
+                    raise DataError(f"{w}: detection {i}: malformed RLE mask ({e})") from None
             else:
                 raise DataError(f"{w}: detection {i}: needs 'mask' or 'box'")
             objects.append(SceneObject({}, box, det.get("mask"), {"score": det.get("score")}))
@@ -158,7 +175,9 @@ def parse_scene(
     n = len(objects)
     rel_raw = d.get(domain.relation_field, {})
     relations: dict[str, list[list[int]]] = {}
-    if box_source != "detection":
+    if not detected:
+        if not isinstance(rel_raw, Mapping):
+            raise DataError(f"{w}: {domain.relation_field} must be an object")
         for r in domain.relation_concepts:
             if r not in rel_raw:
                 raise DataError(f"{w}: {domain.relation_field} is missing {r!r}")
@@ -262,7 +281,10 @@ def _records(path: Path, key: str) -> tuple[list, dict]:
         raise DataError(f"{path}: missing required key {key!r} at the top level")
     if not isinstance(data[key], list):
         raise DataError(f"{path}: {key!r} must be a list")
-    return data[key], dict(data.get("info", {}))
+    info = data.get("info", {})
+    if not isinstance(info, Mapping):
+        raise DataError(f"{path}: 'info' must be an object")
+    return data[key], dict(info)
 
 
 def read_scenes(

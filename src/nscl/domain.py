@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -30,6 +30,7 @@ OBJECT_SET = "ObjectSet"
 OBJECT = "Object"
 INTEGER = "Integer"
 BOOL = "Bool"
+_BUILTIN_TYPES = frozenset({"ObjectSet", "Object", "Integer", "Bool"})
 # Placeholder output type of ops whose result type is that of their attribute parameter (query_*, query).
 ATTRIBUTE_VALUE = "AttributeValue"
 
@@ -74,6 +75,9 @@ class Domain:
     max_count: int = 10
     relation_field: str = "relationships"
     description: str = ""
+    # Rendering facts for the generator, per attribute: concept -> value (colour RGB, size half-extent,
+    # the renderer's shape/material name). Not part of equality: two domains with the same concepts are equal.
+    appearance: Mapping[str, Mapping[str, object]] = field(default_factory=dict, compare=False, hash=False)
 
     # ----------------------------------------------------------------------------------------- lookups
     @cached_property
@@ -159,6 +163,9 @@ class Domain:
     @cached_property
     def clevr_functions(self) -> Mapping[str, Signature]:
         """Every function of the CLEVR DSL, attribute-specific ones derived from the attributes."""
+        return MappingProxyType({s.name: s for s in self._clevr_signatures()})
+
+    def _clevr_signatures(self) -> list[Signature]:
         S, O = OBJECT_SET, OBJECT
         sigs = [
             Signature("scene", (), (), S),
@@ -190,7 +197,7 @@ class Domain:
             sigs.append(
                 Signature(f"relate_filter{suffix}", (O,), rel_types + obj_types, out, template_only=True)
             )
-        return MappingProxyType({s.name: s for s in sigs})
+        return sigs
 
     @cached_property
     def nscl_ops(self) -> Mapping[str, Signature]:
@@ -219,11 +226,11 @@ class Domain:
         """Build a domain from its JSON definition (see ``domains/clevr.json``)."""
         try:
             attrs = tuple(
-                Attribute(name, spec["type"], tuple(spec["concepts"]), spec.get("wildcard"))
+                Attribute(name, spec["type"], _concept_list(spec["concepts"]), spec.get("wildcard"))
                 for name, spec in data["attributes"].items()
             )
             rels = tuple(
-                Attribute(name, spec["type"], tuple(spec["concepts"]))
+                Attribute(name, spec["type"], _concept_list(spec["concepts"]))
                 for name, spec in data["relations"].items()
             )
             dom = cls(
@@ -233,6 +240,13 @@ class Domain:
                 max_count=int(data.get("max_count", 10)),
                 relation_field=str(data.get("relation_field", "relationships")),
                 description=str(data.get("description", "")),
+                appearance=MappingProxyType(
+                    {
+                        k: MappingProxyType(dict(v))
+                        for k, v in data.get("appearance", {}).items()
+                        if k[0] != "_"
+                    }
+                ),
             )
         except (KeyError, TypeError, AttributeError) as e:
             raise DataError(f"{where(source)}invalid domain definition: missing or malformed {e}") from None
@@ -240,12 +254,22 @@ class Domain:
         for a in attrs + rels:
             if not a.concepts:
                 raise DataError(f"{where(source, a.name)}attribute has no concepts")
+            if not all(isinstance(c, str) and c for c in a.concepts):
+                raise DataError(f"{where(source, a.name)}'concepts' must be a list of non-empty strings")
             for c in a.concepts:
                 if c in seen:
                     raise DataError(f"{where(source, c)}concept belongs to both {seen[c]} and {a.name}")
                 seen[c] = a.name
         if len({a.name for a in attrs + rels}) != len(attrs + rels):
             raise DataError(f"{where(source)}duplicate attribute names")
+        types = [a.type_name for a in attrs + rels]
+        for t in set(types):
+            if types.count(t) > 1 or t in _BUILTIN_TYPES:
+                raise DataError(f"{where(source, t)}type name used twice or reserved")
+        names = [s.name for s in dom._clevr_signatures()]
+        for fn in set(names):
+            if names.count(fn) > 1:
+                raise DataError(f"{where(source, fn)}derived function name clashes with another function")
         return dom
 
     @classmethod
@@ -253,6 +277,10 @@ class Domain:
         from .io import read_json  # local import: io depends on domain for nothing, but keep the graph flat
 
         return cls.from_dict(read_json(path), str(path))
+
+    def __reduce__(self) -> tuple:
+        # Pickle through the JSON definition (cached mapping proxies are not picklable), e.g. for workers.
+        return (Domain.from_dict, (self.to_dict(), f"<pickled {self.name}>"))
 
     def to_dict(self) -> dict:
         """The JSON definition; ``Domain.from_dict(d.to_dict()) == d``."""
@@ -270,12 +298,24 @@ class Domain:
             "relations": {r.name: spec(r) for r in self.relations},
             "relation_field": self.relation_field,
             "max_count": self.max_count,
+            "appearance": {k: dict(v) for k, v in self.appearance.items()},
         }
 
 
+def _concept_list(value: object) -> tuple[str, ...]:
+    """A definition's ``concepts`` list (a bare string would otherwise become its letters)."""
+    if not isinstance(value, list):
+        raise TypeError("'concepts' must be a list")
+    return tuple(value)
+
+
 def builtin_domain(name: str = "clevr") -> Domain:
-    """A domain shipped with the package (``clevr``)."""
-    text = resources.files("nscl").joinpath("domains", f"{name}.json").read_text(encoding="utf-8")
+    """A domain shipped with the package (``clevr``); an unknown name raises DataError."""
+    folder = resources.files("nscl").joinpath("domains")
+    known = sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
+    if name not in known:
+        raise DataError(f"unknown domain {name!r} (built-in: {', '.join(known)}; or give a domain JSON file)")
+    text = folder.joinpath(f"{name}.json").read_text(encoding="utf-8")
     return Domain.from_dict(json.loads(text), f"nscl/domains/{name}.json")
 
 

@@ -82,7 +82,7 @@ class ClevrProgram:
             sig = domain.clevr_functions.get(n.function)
             if sig is None or sig.template_only:
                 raise ProgramError(f"{where}: node {i}: unknown function {n.function!r}")
-            _check_inputs(where, i, n.function, n.inputs, sig.inputs, types)
+            _check_inputs(where, i, n.function, n.inputs, sig.inputs, types, nscl=False)
             if len(n.values) != len(sig.params):
                 raise ProgramError(
                     f"{where}: node {i} ({n.function}): expects {len(sig.params)} value input(s), got {len(n.values)}"
@@ -97,7 +97,13 @@ class ClevrProgram:
 
 
 def _check_inputs(
-    where: str, i: int, name: str, inputs: Sequence[int], wanted: Sequence[str], types: Sequence[str]
+    where: str,
+    i: int,
+    name: str,
+    inputs: Sequence[int],
+    wanted: Sequence[str],
+    types: Sequence[str],
+    nscl: bool,
 ) -> None:
     if len(inputs) != len(wanted):
         raise ProgramError(f"{where}: node {i} ({name}): expects {len(wanted)} input(s), got {len(inputs)}")
@@ -107,8 +113,9 @@ def _check_inputs(
                 f"{where}: node {i} ({name}): input {k} refers to node {j}, which is out of range or not earlier"
             )
         got = types[j]
-        # An Object-typed slot of an NS-CL op takes an object set (uniqueness is a softmax there).
-        ok = got == t or (t == OBJECT and got == OBJECT_SET and name in _NSCL_NAMES)
+        # An Object-typed slot of an NS-CL op takes an object set (uniqueness is a softmax there). Not so in
+        # CLEVR, whose ``relate`` shares the name but needs ``unique`` first.
+        ok = got == t or (nscl and t == OBJECT and got == OBJECT_SET)
         if not ok:
             raise ProgramError(f"{where}: node {i} ({name}): input {k} must be {t}, but node {j} gives {got}")
 
@@ -168,7 +175,7 @@ class Program:
             sig = domain.nscl_ops.get(n.op)
             if sig is None:
                 raise ProgramError(f"{where}: node {i}: unknown operation {n.op!r}")
-            _check_inputs(where, i, n.op, n.inputs, sig.inputs, types)
+            _check_inputs(where, i, n.op, n.inputs, sig.inputs, types, nscl=True)
             kinds = set(sig.params)
             if P_CONCEPTS in kinds:
                 if not n.concepts:
@@ -215,10 +222,21 @@ class Program:
         for i, d in enumerate(data):
             if not isinstance(d, Mapping) or not isinstance(d.get("op"), str):
                 raise ProgramError(f"{where}: node {i}: missing 'op'")
+            op = d["op"]
+            inputs = d.get("inputs", [])
+            if not isinstance(inputs, list) or not all(
+                isinstance(x, int) and not isinstance(x, bool) for x in inputs
+            ):
+                raise ProgramError(f"{where}: node {i} ({op}): 'inputs' must be a list of node indices")
             concepts = d.get("concepts", [])
             if isinstance(concepts, str):
                 concepts = [concepts]
-            nodes.append(Node(d["op"], tuple(d.get("inputs", [])), tuple(concepts), d.get("attribute")))
+            if not isinstance(concepts, list) or not all(isinstance(c, str) for c in concepts):
+                raise ProgramError(f"{where}: node {i} ({op}): 'concepts' must be a list of strings")
+            attribute = d.get("attribute")
+            if attribute is not None and not isinstance(attribute, str):
+                raise ProgramError(f"{where}: node {i} ({op}): 'attribute' must be a string")
+            nodes.append(Node(op, tuple(inputs), tuple(concepts), attribute))
         return cls(tuple(nodes))
 
     # ------------------------------------------------------------------------------------ printing
@@ -241,20 +259,17 @@ class Program:
         """An equivalent program with commutative parts in a fixed order (filter concepts sorted, the two
         inputs of intersect/union/query_attribute_equal/count_equal ordered by their printed form), used for
         exact-match scoring."""
-        memo: dict[int, str] = {}
-
-        def key(j: int) -> str:
-            if j not in memo:
-                memo[j] = self.to_str(j)
-            return memo[j]
-
-        nodes = []
+        # Inputs are ordered by the printed form of their *canonical* subtrees (nodes are canonicalised in
+        # topological order), so that e.g. [red, cube] and [cube, red] sort the same way.
+        nodes: list[Node] = []
+        printed: list[str] = []
         for n in self.nodes:
             inputs = n.inputs
             if n.op in ("intersect", "union", "query_attribute_equal", "count_equal") and len(inputs) == 2:
-                inputs = tuple(sorted(inputs, key=key))
+                inputs = tuple(sorted(inputs, key=lambda j: printed[j]))
             concepts = tuple(sorted(n.concepts)) if n.op == "filter" else n.concepts
             nodes.append(Node(n.op, inputs, concepts, n.attribute))
+            printed.append(Program(tuple(nodes)).to_str(len(nodes) - 1))
         prog = Program(tuple(nodes))
         return Program.from_tree(prog)
 
@@ -364,6 +379,8 @@ def clevr_answer_op(raw: ClevrProgram) -> str:
         return "query"
     if fn in _COMPARE_INT:
         return _COMPARE_INT[fn]
+    if fn == "equal_object":
+        return fn
     if fn.startswith("equal_"):
         return "query_attribute_equal"
     return fn

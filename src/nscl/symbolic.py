@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .data import Scene
-from .domain import Domain
+from .domain import OBJECT, OBJECT_SET, Domain
+from .errors import ProgramError
 from .program import ClevrProgram, Program
 
 
@@ -97,7 +98,13 @@ def execute_clevr_outputs(prog: ClevrProgram, facts: SceneFacts, domain: Domain)
 
 
 def execute_clevr(prog: ClevrProgram, facts: SceneFacts, domain: Domain) -> str:
-    """The normalised answer of a raw CLEVR program (``yes``/``no``, ``"3"``, ``"red"``)."""
+    """The normalised answer of a raw CLEVR program (``yes``/``no``, ``"3"``, ``"red"``).
+
+    A program whose last node gives an object or an object set has no answer: ProgramError (without this an
+    object index would pass for a count)."""
+    sig = domain.clevr_functions.get(prog.nodes[-1].function) if prog.nodes else None
+    if sig is not None and sig.output in (OBJECT, OBJECT_SET):
+        raise ProgramError(f"program: the last node ({sig.name}) gives no answer")
     return domain.normalize_answer(execute_clevr_outputs(prog, facts, domain)[-1])
 
 

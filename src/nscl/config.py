@@ -1,0 +1,82 @@
+"""Typed configuration: frozen dataclasses built from plain dicts, rejecting unknown keys and wrong types."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from .errors import NSCLError
+
+T = TypeVar("T")
+
+
+class ConfigError(NSCLError):
+    pass
+
+
+def _check(name: str, tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, name)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check(name, a, value)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"config key {name!r}: {value!r} does not fit {tp}")
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp in (str, bool) and isinstance(value, tp):
+        return value
+    if origin is tuple and isinstance(value, (list, tuple)):
+        return tuple(value)
+    if tp is Any:
+        return value
+    raise ConfigError(f"config key {name!r}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        where = f" in {prefix!r}" if prefix else ""
+        raise ConfigError(
+            f"unknown config key(s){where}: {', '.join(unknown)} (known: {', '.join(sorted(fields))})"
+        )
+    kwargs = {k: _check(f"{prefix}.{k}" if prefix else k, hints[k], v) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def override(obj: T, updates: Mapping[str, Any]) -> T:
+    """A copy of config ``obj`` with dotted-key updates (``{"model.perception.width": 32}``), type-checked."""
+    d = to_dict(obj)
+    for key, value in updates.items():
+        parts = key.split(".")
+        cur = d
+        for p in parts[:-1]:
+            if not isinstance(cur.get(p), dict):
+                raise ConfigError(f"unknown config key {key!r}")
+            cur = cur[p]
+        if parts[-1] not in cur:
+            raise ConfigError(f"unknown config key {key!r}")
+        cur[parts[-1]] = value
+    return from_dict(type(obj), d)

@@ -1,0 +1,250 @@
+"""``nscl generate``: scenes, images, masks and questions for train/val/test, in the release's layout.
+
+Work is cut into chunks of ``chunk_size`` images (250, the interval at which the question engine resets its
+balancing counts, as CLEVR's does). Each chunk is seeded from (seed, split, chunk) alone, so the output does
+not depend on the number of workers, and a chunk's result is stored atomically in ``<split>/.parts/`` as soon as
+it is done. A killed run leaves only complete parts and complete images; rerunning the same command reuses them
+and writes ``scenes.json``, ``questions.json`` and ``vocab.json`` atomically at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..domain import Domain
+from ..errors import NSCLError
+from ..io import atomic_write, atomic_write_json, read_json
+from ..symbolic import SceneFacts
+from ..vocab import Vocab
+from .scene import SceneConfig, sample_scene
+
+log = logging.getLogger(__name__)
+
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+LICENSE = "Creative Commons Attribution (CC BY 4.0)"
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    out: str
+    seed: int = 0
+    train_images: int = 0
+    val_images: int = 0
+    test_images: int = 0
+    questions_per_image: int = 10
+    width: int = 480
+    height: int = 320
+    min_objects: int = 3
+    max_objects: int = 10
+    cogent: str | None = None
+    templates: str | None = None  # a folder of CLEVR-format template files; None = ours
+    supersample: int = 2
+    workers: int = 0  # 0 = all cores
+    chunk_size: int = 250
+    prefix: str = "CLEVR"
+
+    def splits(self) -> list[tuple[str, int]]:
+        return [
+            (s, n)
+            for s, n in (("train", self.train_images), ("val", self.val_images), ("test", self.test_images))
+            if n > 0
+        ]
+
+    def fingerprint(self) -> str:
+        """Everything that determines the output (not the worker count)."""
+        d = asdict(self)
+        for k in ("out", "workers"):
+            d.pop(k)
+        d["version"] = __version__
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    cfg: GenerateConfig
+    domain: Domain
+    split: str
+    chunk: int
+    start: int
+    stop: int
+
+
+def _rle(ids: np.ndarray, k: int) -> tuple[dict, list[int]]:
+    """COCO RLE of object k's pixels in an (H, W) id buffer, and its xyxy box (exclusive max)."""
+    from pycocotools import mask as mask_utils
+
+    m = ids == k
+    rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    ys, xs = np.nonzero(m)
+    box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"]}, box
+
+
+def _save_png(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG", compress_level=3))
+
+
+def run_chunk(job: ChunkJob) -> dict:
+    """Render and question one chunk; returns its scene and question records."""
+    from .questions import QuestionEngine, load_synonyms, load_templates
+    from .render import render
+
+    cfg, domain = job.cfg, job.domain
+    scfg = SceneConfig(
+        min_objects=cfg.min_objects,
+        max_objects=cfg.max_objects,
+        width=cfg.width,
+        height=cfg.height,
+        cogent=cfg.cogent,
+    )
+    engine = QuestionEngine(
+        domain,
+        load_templates(Path(cfg.templates) if cfg.templates else None),
+        load_synonyms(),
+        questions_per_image=cfg.questions_per_image,
+    )
+    seq = np.random.SeedSequence(cfg.seed, spawn_key=(SPLIT_CODES[job.split], job.chunk))
+    rng = np.random.default_rng(seq)
+    image_dir = Path(cfg.out) / job.split / "images"
+    scenes, questions = [], []
+    for index in range(job.start, job.stop):
+        filename = f"{cfg.prefix}_{job.split}_{index:06d}.png"
+        sampled = sample_scene(domain, scfg, rng, index, job.split, filename)
+        result = render(
+            sampled.objects,
+            sampled.camera,
+            sampled.lamps,
+            cfg.width,
+            cfg.height,
+            supersample=cfg.supersample,
+            seed=int(rng.integers(2**31)),
+        )
+        record = sampled.record
+        for k, obj in enumerate(record["objects"]):
+            obj["mask"], obj["box"] = _rle(result.object_ids, k)
+        _save_png(image_dir / filename, result.image)
+        scenes.append(record)
+        facts = SceneFacts(
+            tuple({a.name: o[a.name] for a in domain.attributes} for o in record["objects"]),
+            record["relationships"],
+        )
+        for q in engine.generate(facts, rng):
+            questions.append(
+                {
+                    "image_index": index,
+                    "image_filename": filename,
+                    "split": job.split,
+                    "question": q.text,
+                    "answer": q.answer,
+                    "program": q.program.to_json(),
+                    "question_family_index": q.family,
+                    "template_filename": q.template_filename,
+                }
+            )
+    return {"scenes": scenes, "questions": questions}
+
+
+def _jobs(cfg: GenerateConfig, domain: Domain, split: str, n: int) -> list[ChunkJob]:
+    return [
+        ChunkJob(cfg, domain, split, k, start, min(start + cfg.chunk_size, n))
+        for k, start in enumerate(range(0, n, cfg.chunk_size))
+    ]
+
+
+def _part_path(cfg: GenerateConfig, job: ChunkJob) -> Path:
+    return Path(cfg.out) / job.split / ".parts" / f"chunk_{job.chunk:05d}.json"
+
+
+def _load_part(cfg: GenerateConfig, job: ChunkJob) -> dict | None:
+    p = _part_path(cfg, job)
+    if not p.exists():
+        return None
+    try:
+        part = read_json(p)
+    except NSCLError:
+        return None
+    if part.get("fingerprint") != cfg.fingerprint():
+        return None
+    images = Path(cfg.out) / job.split / "images"
+    if not all((images / s["image_filename"]).is_file() for s in part["scenes"]):
+        return None
+    return part
+
+
+def generate_dataset(cfg: GenerateConfig, domain: Domain, progress: bool = True) -> dict[str, dict[str, int]]:
+    """Generate every requested split; returns per-split counts of images and questions."""
+    from tqdm import tqdm
+
+    if not cfg.splits():
+        raise NSCLError("nothing to generate: give --train-images, --val-images or --test-images")
+    out = Path(cfg.out)
+    jobs = [j for split, n in cfg.splits() for j in _jobs(cfg, domain, split, n)]
+    results: dict[tuple[str, int], dict] = {}
+    todo = []
+    for j in jobs:
+        part = _load_part(cfg, j)
+        if part is not None:
+            results[(j.split, j.chunk)] = part
+        else:
+            todo.append(j)
+    if len(todo) < len(jobs):
+        log.info("resuming: %d of %d chunks already done", len(jobs) - len(todo), len(jobs))
+    for split, _ in cfg.splits():
+        (out / split / "images").mkdir(parents=True, exist_ok=True)
+    workers = cfg.workers or os.cpu_count() or 1
+    total = sum(j.stop - j.start for j in todo)
+    with tqdm(total=total, unit="img", desc="generate", disable=not progress or total == 0) as bar:
+
+        def done(job: ChunkJob, res: dict) -> None:
+            res["fingerprint"] = cfg.fingerprint()
+            atomic_write_json(_part_path(cfg, job), res)
+            results[(job.split, job.chunk)] = res
+            bar.update(job.stop - job.start)
+
+        if workers <= 1 or len(todo) <= 1:
+            for j in todo:
+                done(j, run_chunk(j))
+        else:
+            with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+                for j, res in zip(todo, pool.map(run_chunk, todo)):
+                    done(j, res)
+    summary: dict[str, dict[str, int]] = {}
+    merged: dict[str, tuple[list, list]] = {}
+    for split, _ in cfg.splits():
+        parts = [results[(j.split, j.chunk)] for j in jobs if j.split == split]
+        scenes = [s for p in parts for s in p["scenes"]]
+        questions = [q for p in parts for q in p["questions"]]
+        for i, q in enumerate(questions):
+            q["question_index"] = i
+        merged[split] = (scenes, questions)
+    train_qs = merged.get("train", next(iter(merged.values())))[1]
+    vocab = Vocab.build((q["question"] for q in train_qs), domain.object_concepts + domain.relation_concepts)
+    for split, (scenes, questions) in merged.items():
+        info = {
+            "split": split,
+            "version": "1.0",
+            "license": LICENSE,
+            "generator": f"nscl {__version__}",
+            "seed": cfg.seed,
+            "fingerprint": cfg.fingerprint(),
+        }
+        atomic_write_json(out / split / "scenes.json", {"info": info, "scenes": scenes})
+        atomic_write_json(out / split / "questions.json", {"info": info, "questions": questions})
+        vocab.save(out / split / "vocab.json")
+        shutil.rmtree(out / split / ".parts", ignore_errors=True)
+        summary[split] = {"images": len(scenes), "questions": len(questions)}
+    return summary

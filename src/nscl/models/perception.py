@@ -1,0 +1,175 @@
+"""Perception: image + object boxes -> object features and ordered-pair features (NSCL-REFERENCE section 2).
+
+Dimension key: B images, H x W image size, N objects per image (padded), K valid boxes in the batch, C backbone
+channels, D object feature size, P pair feature size, G box geometry size.
+
+Two trunks: ``resnet34`` (torchvision ResNet-34 through layer3, stride 16, 256 channels; ImageNet weights from
+a local file when given) for full-size images, and ``small``, a five-layer stride-8 CNN that trains in
+minutes on a CPU. Object features pool the trunk map with ``torchvision.ops.roi_align`` over every box of the
+batch in a single call, add a whole-image context vector and the box geometry, and are L2-normalised. Pair
+features combine both objects' features with their relative geometry (see docs/deviations in the README).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GEOMETRY_DIM = 7
+
+
+@dataclass(frozen=True)
+class PerceptionConfig:
+    backbone: str = "small"  # "small" | "resnet34"
+    pretrained: str | None = None  # path to a torchvision ResNet-34 state dict (ImageNet); never downloaded
+    width: int = 64  # channels of the first stage of the small trunk
+    feature_dim: int = 256  # D
+    pair_dim: int = 128  # P
+    pool_size: int = 7
+    use_geometry: bool = True  # add box geometry to object and pair features
+
+
+@dataclass
+class SceneFeatures:
+    """Output of perception for a batch of images."""
+
+    objects: Tensor  # (B, N, D) L2-normalised, zero at padding
+    pairs: Tensor  # (B, N, N, P); [b, i, j] describes the ordered pair (subject i, object j)
+    mask: Tensor  # (B, N) bool, True for real objects
+
+
+def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+class SmallTrunk(nn.Module):
+    """(B, 3, H, W) -> (B, 4w, H/8, W/8)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        w = width
+        self.body = nn.Sequential(
+            _conv(3, w, 2),
+            _conv(w, w, 1),
+            _conv(w, 2 * w, 2),
+            _conv(2 * w, 2 * w, 1),
+            _conv(2 * w, 4 * w, 2),
+            _conv(4 * w, 4 * w, 1),
+        )
+        self.channels = 4 * w
+        self.stride = 8
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+class ResNet34Trunk(nn.Module):
+    """torchvision ResNet-34 cut after layer3: (B, 3, H, W) -> (B, 256, H/16, W/16)."""
+
+    def __init__(self, pretrained: str | None) -> None:
+        super().__init__()
+        from torchvision.models import resnet34
+
+        net = resnet34(weights=None)
+        if pretrained:
+            state = torch.load(Path(pretrained), map_location="cpu", weights_only=True)
+            net.load_state_dict(state)
+        self.body = nn.Sequential(
+            net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3
+        )
+        self.channels = 256
+        self.stride = 16
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+def box_geometry(boxes: Tensor, height: int, width: int) -> Tensor:
+    """boxes (Tensor[..., 4]) xyxy pixels -> (Tensor[..., G]): centre x, y, bottom y, width, height, area,
+    each relative to the image size."""
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    w, h = (x1 - x0) / width, (y1 - y0) / height
+    cx, cy = (x0 + x1) / (2 * width), (y0 + y1) / (2 * height)
+    return torch.stack([cx, cy, y1 / height, w, h, w * h * 4, torch.sqrt(w * h)], -1)
+
+
+class Perception(nn.Module):
+    def __init__(self, cfg: PerceptionConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        if cfg.backbone == "small":
+            self.trunk: nn.Module = SmallTrunk(cfg.width)
+        elif cfg.backbone == "resnet34":
+            self.trunk = ResNet34Trunk(cfg.pretrained)
+        else:
+            raise ValueError(f"unknown backbone {cfg.backbone!r} (small, resnet34)")
+        C, D, k = self.trunk.channels, cfg.feature_dim, cfg.pool_size
+        G = GEOMETRY_DIM if cfg.use_geometry else 0
+        self.roi_reduce = nn.Conv2d(C, C // 2, 1)
+        self.context = nn.Conv2d(C, C // 2, 1)
+        self.object_fc = nn.Linear((C // 2) * k * k + C // 2 + G, D)
+        self.pair_in = nn.Linear(D, cfg.pair_dim)
+        self.pair_fc = nn.Sequential(
+            nn.Linear(2 * cfg.pair_dim + 3 * G, cfg.pair_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(cfg.pair_dim, cfg.pair_dim),
+        )
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # Kaiming-normal weights and zero biases, except a (possibly pretrained) ResNet trunk.
+        keep = set(self.trunk.modules()) if isinstance(self.trunk, ResNet34Trunk) else set()
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and m not in keep:
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, images: Tensor, boxes: Tensor, mask: Tensor) -> SceneFeatures:
+        """images (Tensor[B, 3, H, W]) uint8 or float in [0, 1]; boxes (Tensor[B, N, 4]) xyxy pixels of these
+        images; mask (Tensor[B, N] bool)."""
+        if images.dtype == torch.uint8:
+            images = images.float() / 255.0
+        B, _, H, W = images.shape
+        N = boxes.shape[1]
+        x = (images - self.mean) / self.std
+        fmap = self.trunk(x)  # (B, C, H/s, W/s)
+        # RoI Align over every valid box of the batch in one call.
+        b_idx, n_idx = mask.nonzero(as_tuple=True)  # (K,), (K,)
+        rois = torch.cat([b_idx[:, None].to(boxes.dtype), boxes[b_idx, n_idx]], dim=1)  # (K, 5)
+        pooled = roi_align(
+            fmap,
+            rois,
+            self.cfg.pool_size,
+            spatial_scale=1.0 / self.trunk.stride,
+            sampling_ratio=2,
+            aligned=True,
+        )  # (K, C, k, k)
+        pooled = F.relu(self.roi_reduce(pooled)).flatten(1)  # (K, C/2 * k * k)
+        ctx = F.relu(self.context(fmap)).mean(dim=(2, 3))  # (B, C/2)
+        parts = [pooled, ctx[b_idx]]
+        geom = box_geometry(boxes, H, W)  # (B, N, G)
+        if self.cfg.use_geometry:
+            parts.append(geom[b_idx, n_idx])
+        obj = F.normalize(self.object_fc(torch.cat(parts, dim=1)), dim=-1)  # (K, D)
+        objects = obj.new_zeros(B, N, obj.shape[1])
+        objects[b_idx, n_idx] = obj  # (B, N, D)
+        # Ordered pairs (i, j): both objects' features plus geometry of i, j and j - i.
+        q = self.pair_in(objects)  # (B, N, P)
+        pi = q[:, :, None, :].expand(B, N, N, -1)
+        pj = q[:, None, :, :].expand(B, N, N, -1)
+        pair_parts = [pi, pj]
+        if self.cfg.use_geometry:
+            gi = geom[:, :, None, :].expand(B, N, N, -1)
+            gj = geom[:, None, :, :].expand(B, N, N, -1)
+            pair_parts += [gi, gj, gj - gi]
+        pairs = self.pair_fc(torch.cat(pair_parts, dim=-1))  # (B, N, N, P)
+        return SceneFeatures(objects, pairs, mask)

@@ -1,0 +1,180 @@
+"""Training data: images decoded once, questions compiled once, batches grouped by image.
+
+The questions of one image share one perception pass: a batch is a set of images and their (curriculum-
+eligible) questions. Per-question curriculum keys (object count, raw program length) are precomputed, so a new
+stage is an array comparison, not a rescan of the dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data import Split
+from ..domain import Domain
+from ..errors import DataError, NSCLError
+from ..models.executor import AnswerKinds, CompiledProgram, Compiler, ProgramBatch
+from ..program import clevr_answer_op, translate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    images: Tensor  # (B, 3, H, W) uint8
+    boxes: Tensor  # (B, N, 4) float, pixels of the resized images
+    mask: Tensor  # (B, N) bool
+    programs: ProgramBatch
+    kind: Tensor  # (Q,) answer kinds
+    value: Tensor  # (Q,) answer values
+    question_ids: Tensor  # (Q,) index into the dataset's questions
+    image_ids: Tensor  # (B,) index into the dataset's images
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            self.images.to(device),
+            self.boxes.to(device),
+            self.mask.to(device),
+            self.programs.to(device),
+            self.kind.to(device),
+            self.value.to(device),
+            self.question_ids,
+            self.image_ids,
+        )
+
+
+def load_image(path, height: int, width: int) -> np.ndarray:  # noqa: ANN001
+    """(H, W, 3) uint8, resized with antialiasing."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (width, height):
+                im = im.resize((width, height), Image.BILINEAR, reducing_gap=None)
+            return np.asarray(im, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing image file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{path}: cannot decode image ({e})") from None
+
+
+class QADataset:
+    """All images of a split at one resolution, their boxes, and every answerable question compiled."""
+
+    def __init__(self, split: Split, domain: Domain, image_height: int, progress: bool = False) -> None:
+        from tqdm import tqdm
+
+        self.domain = domain
+        self.kinds = AnswerKinds(domain)
+        compiler = Compiler(domain)
+        scenes = sorted(split.scenes.values(), key=lambda s: s.image_index)
+        self.scenes = scenes
+        self.image_of_index = {s.image_index: i for i, s in enumerate(scenes)}
+        # Resolution: keep the aspect ratio of the first image, short side = image_height.
+        from PIL import Image
+
+        first = split.paths.images / scenes[0].image_filename
+        try:
+            with Image.open(first) as im:
+                w0, h0 = im.size
+        except FileNotFoundError:
+            raise DataError(
+                f"{split.paths.scenes}: scene image_index {scenes[0].image_index}: missing image file {first}"
+            ) from None
+        self.height = image_height
+        self.width = round(w0 * image_height / h0)
+        scale_x, scale_y = self.width / w0, self.height / h0
+        imgs = np.empty((len(scenes), self.height, self.width, 3), dtype=np.uint8)
+        self.boxes: list[Tensor] = []
+        for i, s in enumerate(tqdm(scenes, desc="decode images", disable=not progress, unit="img")):
+            imgs[i] = load_image(split.paths.images / s.image_filename, self.height, self.width)
+            b = torch.tensor([o.as_list() for o in s.boxes], dtype=torch.float32)
+            self.boxes.append(b * torch.tensor([scale_x, scale_y, scale_x, scale_y]))
+        self.images = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()  # (I, 3, H, W)
+        self.n_objects = np.array([len(s.objects) for s in scenes])
+        # Questions
+        self.programs: list[CompiledProgram] = []
+        q_img, q_len, q_kind, q_val, q_index, self.qtypes = [], [], [], [], [], []
+        skipped = 0
+        for q in split.questions:
+            if q.program is None or q.answer is None:
+                skipped += 1
+                continue
+            try:
+                prog = translate(q.program, domain)
+            except NSCLError as e:
+                raise DataError(f"{split.paths.questions}: question {q.index}: the model cannot answer it: {e}") from None
+            kind, value = self.kinds.of_answer(domain, q.answer)
+            self.programs.append(compiler(prog))
+            q_img.append(self.image_of_index[q.image_index])
+            q_len.append(len(q.program))
+            q_kind.append(kind)
+            q_val.append(value)
+            q_index.append(q.index)
+            self.qtypes.append(clevr_answer_op(q.program))
+        if skipped:
+            log.info("skipped %d question(s) without program or answer", skipped)
+        self.q_image = np.array(q_img, dtype=np.int64)
+        self.q_length = np.array(q_len, dtype=np.int64)
+        self.q_kind = torch.tensor(q_kind, dtype=torch.long)
+        self.q_value = torch.tensor(q_val, dtype=torch.long)
+        self.q_index = np.array(q_index, dtype=np.int64)  # position in questions.json
+
+    def __len__(self) -> int:
+        return len(self.programs)
+
+    def eligible(self, question_ids: np.ndarray, max_objects: int, max_length: int) -> np.ndarray:
+        """The subset of ``question_ids`` allowed by a curriculum stage."""
+        q = question_ids
+        keep = (self.n_objects[self.q_image[q]] <= max_objects) & (self.q_length[q] <= max_length)
+        return q[keep]
+
+    def batches(
+        self, question_ids: np.ndarray, batch_size: int, rng: np.random.Generator | None
+    ) -> Iterator[np.ndarray]:
+        """Group questions by image (shuffled when ``rng`` is given) into batches of about ``batch_size``
+        questions; an image's questions never straddle two batches."""
+        if len(question_ids) == 0:
+            return
+        order = np.argsort(self.q_image[question_ids], kind="stable")
+        q_sorted = question_ids[order]
+        imgs, starts = np.unique(self.q_image[q_sorted], return_index=True)
+        groups = np.split(q_sorted, starts[1:])
+        idx = rng.permutation(len(groups)) if rng is not None else np.arange(len(groups))
+        cur: list[np.ndarray] = []
+        n = 0
+        for g in idx:
+            cur.append(rng.permutation(groups[g]) if rng is not None else groups[g])
+            n += len(groups[g])
+            if n >= batch_size:
+                yield np.concatenate(cur)
+                cur, n = [], 0
+        if cur:
+            yield np.concatenate(cur)
+
+    def make_batch(self, question_ids: Sequence[int] | np.ndarray) -> Batch:
+        q = np.asarray(question_ids, dtype=np.int64)
+        img_ids, local = np.unique(self.q_image[q], return_inverse=True)
+        images, boxes, mask = self.scene_batch(img_ids)
+        programs = ProgramBatch.collate([self.programs[i] for i in q], local.tolist())
+        qt = torch.from_numpy(q)
+        return Batch(
+            images, boxes, mask, programs, self.q_kind[qt], self.q_value[qt], qt, torch.from_numpy(img_ids)
+        )
+
+    def scene_batch(self, image_ids: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
+        """(images, boxes, mask) for a set of images, without questions (concept evaluation)."""
+        n_max = max(len(self.boxes[i]) for i in image_ids)
+        boxes = torch.zeros(len(image_ids), n_max, 4)
+        mask = torch.zeros(len(image_ids), n_max, dtype=torch.bool)
+        for b, i in enumerate(image_ids):
+            k = len(self.boxes[i])
+            boxes[b, :k] = self.boxes[i]
+            mask[b, :k] = True
+        return self.images[image_ids], boxes, mask

@@ -1,0 +1,164 @@
+"""Shared fixtures: the CLEVR domain, the tiny hand-made dataset, a program builder and a random-scene helper.
+
+Helpers are handed out as session-scoped fixtures (callables) so that tests, Hypothesis tests included, can use
+them without importing this module.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from nscl.domain import Domain, builtin_domain
+from nscl.program import ClevrProgram
+from nscl.symbolic import SceneFacts
+
+TESTS = Path(__file__).resolve().parent
+TINY = TESTS / "fixtures" / "tiny"
+
+# CLEVR's constant ground-plane directions and relation threshold (CLEVR-FACTS section 1).
+RIGHT = (0.6563, 0.7545, 0.0)
+BEHIND = (-0.7545, 0.6563, 0.0)
+EPS = 0.2
+
+
+# --------------------------------------------------------------------------------------------- domain, data
+@pytest.fixture(scope="session")
+def domain() -> Domain:
+    return builtin_domain("clevr")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir() -> Path:
+    return TINY
+
+
+@pytest.fixture(scope="session")
+def tiny_scenes_json() -> dict:
+    return json.loads((TINY / "scenes.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def tiny_questions_json() -> dict:
+    return json.loads((TINY / "questions.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def tiny_facts(domain: Domain) -> dict[int, SceneFacts]:
+    """SceneFacts of the two tiny scenes, by image index.
+
+    Scene 0: 0 large red metal cube, 1 small blue rubber sphere, 2 large red rubber cylinder.
+    Scene 1: 0 small gray metal sphere, 1 small gray metal cube, 2 large yellow rubber cube,
+             3 small green metal cylinder.
+    """
+    from nscl.data import read_scenes
+
+    return {s.image_index: SceneFacts.of(s) for s in read_scenes(TINY / "scenes.json", domain)}
+
+
+@pytest.fixture
+def tiny_copy(tmp_path: Path) -> Path:
+    """A writable copy of the tiny dataset folder."""
+    dst = tmp_path / "tiny"
+    shutil.copytree(TINY, dst)
+    return dst
+
+
+# --------------------------------------------------------------------------------------------- programs
+def build_program(expr: tuple) -> ClevrProgram:
+    """A raw CLEVR program from a nested expression, e.g.
+    ``("count", ("filter_color", ("scene",), "red"))``: tuples are input nodes, strings value inputs.
+    Nodes are emitted in post-order, each sub-expression once per occurrence."""
+    nodes: list[dict] = []
+
+    def visit(e: tuple) -> int:
+        fn, *args = e
+        inputs = [visit(a) for a in args if isinstance(a, tuple)]
+        values = [a for a in args if isinstance(a, str)]
+        nodes.append({"function": fn, "inputs": inputs, "value_inputs": values})
+        return len(nodes) - 1
+
+    visit(expr)
+    return ClevrProgram.from_json(nodes)
+
+
+@pytest.fixture(scope="session")
+def build() -> Callable[[tuple], ClevrProgram]:
+    return build_program
+
+
+# --------------------------------------------------------------------------------------------- random scenes
+def relationships(coords: Sequence[Sequence[float]]) -> dict[str, list[list[int]]]:
+    """CLEVR's rule: relationships[r][i] = sorted j != i with (c_j - c_i) . dir_r > eps."""
+    dirs = {
+        "right": RIGHT,
+        "left": tuple(-v for v in RIGHT),
+        "behind": BEHIND,
+        "front": tuple(-v for v in BEHIND),
+    }
+    out: dict[str, list[list[int]]] = {}
+    for r, d in dirs.items():
+        rows = []
+        for i, ci in enumerate(coords):
+            rows.append(
+                [
+                    j
+                    for j, cj in enumerate(coords)
+                    if j != i and sum((a - b) * v for a, b, v in zip(cj, ci, d)) > EPS
+                ]
+            )
+        out[r] = rows
+    return out
+
+
+def random_scene_dict(
+    domain: Domain, rng: random.Random, n: int | None = None, image_index: int = 0
+) -> dict:
+    """A CLEVR-format scene record with random attributes and coordinates, and relationships derived from
+    the coordinates exactly as CLEVR does."""
+    n = rng.randint(1, 6) if n is None else n
+    objects, coords = [], []
+    for _ in range(n):
+        xyz = [rng.uniform(-3, 3), rng.uniform(-3, 3), 0.0]
+        coords.append(xyz)
+        o = {a.name: rng.choice(a.concepts) for a in domain.attributes}
+        o["3d_coords"] = xyz
+        objects.append(o)
+    return {
+        "image_index": image_index,
+        "image_filename": f"RAND_{image_index:06d}.png",
+        "objects": objects,
+        domain.relation_field: relationships(coords),
+    }
+
+
+def facts_from(
+    domain: Domain, attrs: Sequence[dict[str, str]], coords: Sequence[Sequence[float]]
+) -> SceneFacts:
+    rel = relationships(coords)
+    return SceneFacts(tuple(dict(a) for a in attrs), {r: rel[r] for r in domain.relation_concepts})
+
+
+@pytest.fixture(scope="session")
+def random_scene() -> Callable[..., dict]:
+    return random_scene_dict
+
+
+@pytest.fixture(scope="session")
+def make_facts() -> Callable[..., SceneFacts]:
+    return facts_from
+
+
+@pytest.fixture(scope="session")
+def write_json() -> Callable[[Path, object], Path]:
+    def _write(path: Path, obj: object) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(obj, indent=1), encoding="utf-8")
+        return path
+
+    return _write
