@@ -44,11 +44,6 @@ def tiny_scenes_json() -> dict:
 
 
 @pytest.fixture(scope="session")
-def tiny_questions_json() -> dict:
-    return json.loads((TINY / "questions.json").read_text(encoding="utf-8"))
-
-
-@pytest.fixture(scope="session")
 def tiny_facts(domain: Domain) -> dict[int, SceneFacts]:
     """SceneFacts of the two tiny scenes, by image index.
 
@@ -116,9 +111,7 @@ def relationships(coords: Sequence[Sequence[float]]) -> dict[str, list[list[int]
     return out
 
 
-def random_scene_dict(
-    domain: Domain, rng: random.Random, n: int | None = None, image_index: int = 0
-) -> dict:
+def random_scene_dict(domain: Domain, rng: random.Random, n: int | None = None, image_index: int = 0) -> dict:
     """A CLEVR-format scene record with random attributes and coordinates, and relationships derived from
     the coordinates exactly as CLEVR does."""
     n = rng.randint(1, 6) if n is None else n

@@ -82,7 +82,13 @@ def test_read_tiny_questions(domain, tiny_dir):
     assert q.question == "What is the shape of the small sphere-like blue thing?"
     assert q.answer == "sphere"
     assert q.image_filename == "TINY_000000.png"
-    assert [n.function for n in q.program.nodes] == ["scene", "filter_size", "filter_color", "unique", "query_shape"]
+    assert [n.function for n in q.program.nodes] == [
+        "scene",
+        "filter_size",
+        "filter_color",
+        "unique",
+        "query_shape",
+    ]
     assert q.extra == {"split": "tiny", "question_index": 1}
     assert [len(q.program) for q in qs] == [3, 5, 7, 6, 7, 11, 6, 11]
 
@@ -106,7 +112,11 @@ def test_round_trip_questions(domain, tiny_dir, tmp_path):
     write_questions(out, qs)
     assert read_questions(out, domain) == qs
     assert question_to_dict(qs[0])["answer"] == "2"
-    assert question_to_dict(qs[0])["program"][1] == {"inputs": [0], "function": "filter_color", "value_inputs": ["red"]}
+    assert question_to_dict(qs[0])["program"][1] == {
+        "inputs": [0],
+        "function": "filter_color",
+        "value_inputs": ["red"],
+    }
 
 
 def test_round_trip_random_scenes(domain, random_scene, tmp_path):
@@ -122,7 +132,16 @@ def test_round_trip_random_scenes(domain, random_scene, tmp_path):
 
 @pytest.mark.parametrize(
     ("answer", "normalised"),
-    [("yes", "yes"), (True, "yes"), (False, "no"), ("no", "no"), ("3", "3"), (3, "3"), (0, "0"), ("Red", "red")],
+    [
+        ("yes", "yes"),
+        (True, "yes"),
+        (False, "no"),
+        ("no", "no"),
+        ("3", "3"),
+        (3, "3"),
+        (0, "0"),
+        ("Red", "red"),
+    ],
 )
 def test_question_answers_normalised(domain, answer, normalised):
     q = parse_question({"image_index": 0, "question": "?", "answer": answer}, domain)
@@ -166,7 +185,12 @@ NO_REL = {"left": [[]], "right": [[]], "front": [[]], "behind": [[]]}
 
 
 def one_object_scene(**fields) -> dict:
-    return {"image_index": 0, "image_filename": "a.png", "objects": [{**OBJ, **fields}], "relationships": NO_REL}
+    return {
+        "image_index": 0,
+        "image_filename": "a.png",
+        "objects": [{**OBJ, **fields}],
+        "relationships": NO_REL,
+    }
 
 
 def test_box_from_mask(domain):
@@ -218,8 +242,9 @@ def test_boxes_from_detections(domain):
     s = parse_scene(d, domain, "s.json", detection_threshold=0.9)
     assert len(s.objects) == 2
     with pytest.raises(DataError, match=r"s\.json: scene 0 \(image_index 4\): empty scene"):
-        parse_scene({**d, "objects_detection": d["objects_detection"][:2]}, domain, "s.json",
-                    detection_threshold=0.99)
+        parse_scene(
+            {**d, "objects_detection": d["objects_detection"][:2]}, domain, "s.json", detection_threshold=0.99
+        )
 
 
 def test_detection_source_replaces_annotated_objects(domain, tiny_scenes_json):
@@ -234,7 +259,11 @@ def test_detection_source_replaces_annotated_objects(domain, tiny_scenes_json):
 
 @pytest.mark.parametrize(
     ("box", "message"),
-    [([1, 2, 3], r"'box' must be \[x0, y0, x1, y1\]"), ([5, 5, 5, 9], "empty box"), ("0 0 1 1", "'box' must")],
+    [
+        ([1, 2, 3], r"'box' must be \[x0, y0, x1, y1\]"),
+        ([5, 5, 5, 9], "empty box"),
+        ("0 0 1 1", "'box' must"),
+    ],
 )
 def test_bad_box(domain, box, message):
     with pytest.raises(DataError, match=r"s\.json: scene 0 \(image_index 0\): object 0: " + message):
@@ -337,8 +366,14 @@ def test_missing_file_and_directory(domain, tmp_path):
         ({"scenes": [{"objects": []}]}, "scene 0: missing required key 'image_index'"),
         ({"scenes": [{"image_index": 3}]}, "scene 0: missing required key 'objects'"),
         ({"scenes": [{"image_index": "x", "objects": [OBJ]}]}, "scene 0: 'image_index' must be an integer"),
-        ({"scenes": [{"image_index": 3, "objects": []}]}, r"scene 0 \(image_index 3\): empty scene \(no objects\)"),
-        ({"scenes": [{"image_index": 3, "objects": OBJ}]}, r"scene 0 \(image_index 3\): 'objects' must be a list"),
+        (
+            {"scenes": [{"image_index": 3, "objects": []}]},
+            r"scene 0 \(image_index 3\): empty scene \(no objects\)",
+        ),
+        (
+            {"scenes": [{"image_index": 3, "objects": OBJ}]},
+            r"scene 0 \(image_index 3\): 'objects' must be a list",
+        ),
         (
             {"scenes": [{"image_index": 3, "objects": [{"color": "red"}], "relationships": NO_REL}]},
             r"scene 0 \(image_index 3\): object 0: missing required key 'material'",
@@ -397,7 +432,13 @@ SCENE_COUNT = [{"function": "scene"}, {"function": "count", "inputs": [0]}]
             "question 1: program: node 1: unknown function 'count_all'",
         ),
         (
-            {**Q, "program": [{"function": "scene"}, {"function": "filter_color", "inputs": [0], "value_inputs": ["pink"]}]},
+            {
+                **Q,
+                "program": [
+                    {"function": "scene"},
+                    {"function": "filter_color", "inputs": [0], "value_inputs": ["pink"]},
+                ],
+            },
             r"question 1: program: node 1 \(filter_color\): unknown concept 'pink'",
         ),
         (

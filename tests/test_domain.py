@@ -19,7 +19,7 @@ from nscl.domain import (
     load_domain,
 )
 from nscl.errors import DataError, ProgramError
-from nscl.program import ClevrProgram, translate
+from nscl.program import translate
 from nscl.symbolic import SceneFacts, execute_clevr, execute_nscl
 
 METADATA = Path(__file__).resolve().parents[2] / "shared" / "clevr" / "metadata.json"

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from nscl.program import ClevrNode, ClevrProgram, Node, Program, clevr_answer_op, iter_concepts, translate
 from nscl.errors import ProgramError
+from nscl.program import ClevrNode, ClevrProgram, Node, Program, clevr_answer_op, iter_concepts, translate
 
 SCENE = ("scene",)
 
@@ -132,7 +132,11 @@ def test_parse_errors(data, message):
             r"node 1 \(same_color\): input 0 must be Object",
         ),
         (
-            [{"function": "scene"}, {"function": "unique", "inputs": [0]}, {"function": "count", "inputs": [1]}],
+            [
+                {"function": "scene"},
+                {"function": "unique", "inputs": [0]},
+                {"function": "count", "inputs": [1]},
+            ],
             r"node 2 \(count\): input 0 must be ObjectSet, but node 1 gives Object",
         ),
         (
@@ -170,7 +174,10 @@ def test_parse_errors(data, message):
             r"node 1 \(filter_color\): expects 1 value input\(s\), got 0",
         ),
         (
-            [{"function": "scene"}, {"function": "filter_color", "inputs": [0], "value_inputs": ["red", "blue"]}],
+            [
+                {"function": "scene"},
+                {"function": "filter_color", "inputs": [0], "value_inputs": ["red", "blue"]},
+            ],
             r"node 1 \(filter_color\): expects 1 value input\(s\), got 2",
         ),
         (
@@ -323,7 +330,11 @@ def test_filter_not_merged_across_relate_or_shared_input(domain, build):
             "count_less(filter(scene(), [red]), filter(scene(), [cube]))",
         ),
         (
-            ("greater_than", ("count", f("material", SCENE, "metal")), ("count", f("material", SCENE, "rubber"))),
+            (
+                "greater_than",
+                ("count", f("material", SCENE, "metal")),
+                ("count", f("material", SCENE, "rubber")),
+            ),
             "count_greater(filter(scene(), [metal]), filter(scene(), [rubber]))",
         ),
     ],
@@ -413,9 +424,9 @@ def test_nscl_json_round_trip(domain, build):
     assert data[-1]["attribute"] == "color"
     assert "attribute" not in data[0] and "concepts" not in data[0]
     # a single concept may be given as a string
-    assert Program.from_json([{"op": "scene"}, {"op": "filter", "inputs": [0], "concepts": "red"}]) == Program(
-        (Node("scene"), Node("filter", (0,), ("red",)))
-    )
+    assert Program.from_json(
+        [{"op": "scene"}, {"op": "filter", "inputs": [0], "concepts": "red"}]
+    ) == Program((Node("scene"), Node("filter", (0,), ("red",))))
 
 
 @pytest.mark.parametrize(
@@ -491,7 +502,9 @@ def test_canonical_commutative_inputs_and_sorted_concepts():
     g = _filters(("cube", "red"), ("metal",))
     assert e.canonical() == g.canonical()
     # union and intersect are different ops; count_less is not commutative
-    assert _filters(("red",), ("cube",)).canonical() != _filters(("red",), ("cube",), op="intersect").canonical()
+    assert (
+        _filters(("red",), ("cube",)).canonical() != _filters(("red",), ("cube",), op="intersect").canonical()
+    )
     lt = Program((Node("scene"), Node("filter", (0,), ("red",)), Node("filter", (0,), ("cube",))))
     less_ab = Program(lt.nodes + (Node("count_less", (1, 2)),))
     less_ba = Program(lt.nodes + (Node("count_less", (2, 1)),))

@@ -183,8 +183,9 @@ def test_equal_object(domain, build, tiny_facts):
 
 
 def test_all_outputs(domain, build, tiny_facts):
-    outs = execute_clevr_outputs(build(("query_material", u(("same_color", u(f("shape", SCENE, "cube")))))),
-                                 tiny_facts[0], domain)
+    outs = execute_clevr_outputs(
+        build(("query_material", u(("same_color", u(f("shape", SCENE, "cube")))))), tiny_facts[0], domain
+    )
     assert outs == [(0, 1, 2), (0,), 0, (2,), 2, "rubber"]
 
 
@@ -249,7 +250,9 @@ def test_nscl_executor(domain, tiny_facts):
     assert run(Node("count_less", (1, 2))) == "no"
     assert run(Node("count_equal", (1, 2))) == "no"
     assert run(Node("filter", (0,), ("gray", "cube")), Node("query", (3,), (), "material")) == "metal"
-    assert run(Node("filter", (0,), ("yellow",)), Node("relate", (3,), ("behind",)), Node("count", (4,))) == "3"
+    assert (
+        run(Node("filter", (0,), ("yellow",)), Node("relate", (3,), ("behind",)), Node("count", (4,))) == "3"
+    )
     assert (
         run(
             Node("filter", (0,), ("cylinder",)),
@@ -287,14 +290,20 @@ def _set_expr(draw, domain, depth: int) -> tuple:
     """A random expression of type ObjectSet."""
     if depth <= 0:
         return SCENE
-    kind = draw(st.sampled_from(["scene", "filter", "filter", "filter", "relate", "same", "union", "intersect"]))
+    kind = draw(
+        st.sampled_from(["scene", "filter", "filter", "filter", "relate", "same", "union", "intersect"])
+    )
     if kind == "scene":
         return SCENE
     if kind == "filter":
         a = draw(st.sampled_from(ATTRS))
         return f(a, _set_expr(draw, domain, depth - 1), draw(st.sampled_from(domain.attribute(a).concepts)))
     if kind == "relate":
-        return ("relate", u(_set_expr(draw, domain, depth - 1)), draw(st.sampled_from(domain.relation_concepts)))
+        return (
+            "relate",
+            u(_set_expr(draw, domain, depth - 1)),
+            draw(st.sampled_from(domain.relation_concepts)),
+        )
     if kind == "same":
         return (f"same_{draw(st.sampled_from(ATTRS))}", u(_set_expr(draw, domain, depth - 1)))
     return (kind, _set_expr(draw, domain, depth - 1), _set_expr(draw, domain, depth - 1))
@@ -320,9 +329,7 @@ def _answer_expr(draw, domain) -> tuple:
 def scenes_and_programs(draw, domain, make_facts, build):
     n = draw(st.integers(1, 6))
     # A few values per attribute so that filters often pick one object.
-    attrs = [
-        {a: draw(st.sampled_from(domain.attribute(a).concepts[:3])) for a in ATTRS} for _ in range(n)
-    ]
+    attrs = [{a: draw(st.sampled_from(domain.attribute(a).concepts[:3])) for a in ATTRS} for _ in range(n)]
     coords = [
         (draw(st.floats(-3, 3, allow_nan=False)), draw(st.floats(-3, 3, allow_nan=False)), 0.0)
         for _ in range(n)

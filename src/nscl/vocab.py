@@ -62,7 +62,9 @@ class Vocab:
 
     @classmethod
     def from_json(cls, data: object, source: str = "vocab.json") -> Vocab:
-        if not isinstance(data, Mapping) or not all(isinstance(v, int) for v in data.values()):
+        if not isinstance(data, Mapping) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in data.values()
+        ):
             raise DataError(f"{source}: a vocabulary must map words to integer indices")
         by_index = sorted(data.items(), key=lambda kv: kv[1])
         if [i for _, i in by_index] != list(range(len(by_index))):

@@ -398,6 +398,9 @@ class _CTemplate:
     has_relate: bool
     other_pairs: tuple[tuple[str, str], ...]  # "other" heuristic pairs, empty when it does not apply
     unset_values: Mapping[str, str]
+    # memo_keys[t]: the template nodes before t whose outputs determine the search below t, or None where
+    # sub-problems at t are not memoised
+    memo_keys: tuple[tuple[int, ...] | None, ...]
 
 
 def _lazy_shuffle(items: Sequence, rnd: Callable[[], float]) -> Iterator:
@@ -461,6 +464,7 @@ class QuestionEngine:
         questions_per_image: int = 10,
         reset_every: int = 250,
         max_states: int = 200_000,
+        memoize: bool = True,
     ) -> None:
         if questions_per_image < 1:
             raise ValueError("questions_per_image must be at least 1")
@@ -476,6 +480,7 @@ class QuestionEngine:
         self.questions_per_image = questions_per_image
         self.reset_every = reset_every
         self.max_states = max_states
+        self.memoize = memoize
         self._ops = _make_ops(domain)
         self._compiled = tuple(self._compile(t) for t in self.templates)
         self._scenes_seen = 0
@@ -604,6 +609,7 @@ class QuestionEngine:
             has_relate=any(n["type"] == "relate" for n in t.nodes),
             other_pairs=_other_pairs(t, pattr, dom),
             unset_values=unset,
+            memo_keys=_memo_keys(t, cnodes),
         )
 
     # ------------------------------------------------------------------------------------ counts
@@ -681,6 +687,8 @@ class QuestionEngine:
         states = 0
         ops = self._ops
         result: list = []
+        memo_keys = ct.memo_keys if self.memoize else (None,) * T
+        failed: set = set()
 
         def finish(answer_value: Any) -> bool:
             if answer_value is True or answer_value is False:
@@ -707,6 +715,18 @@ class QuestionEngine:
             return expand(t + 1)
 
         def expand(t: int) -> bool:
+            mk = memo_keys[t]
+            if mk is None:
+                return expand_node(t)
+            key = (t, *[outs[j] for j in mk])
+            if key in failed:
+                return False
+            if expand_node(t):
+                return True
+            failed.add(key)
+            return False
+
+        def expand_node(t: int) -> bool:
             nonlocal states
             node = cnodes[t]
             base = len(prog)
@@ -857,6 +877,36 @@ class QuestionEngine:
             if any(_is_set(vals[a], ct, a) and _is_set(vals[b], ct, b) and vals[a] != vals[b] for a, b in ct.other_pairs):
                 text = text.replace(" other ", " ").replace(" another ", " a ")
         return text[:1].upper() + text[1:]
+
+
+def _memo_keys(t: Template, cnodes: Sequence[_CNode]) -> tuple[tuple[int, ...] | None, ...]:
+    """For each template node t: the earlier template nodes whose outputs are all that the search from t on
+    depends on (inputs of later nodes, OUT_NEQ partners); None where memoising is not safe.
+
+    The answer-balancing limit is fixed during one search, so a sub-search that found nothing finds nothing
+    again from the same outputs, up to its own random draws (CLEVR's random extra filter keys and sampled
+    trivial relate options). With a raw ``relate`` node (degeneracy test) every earlier output is part of the
+    key, and nodes with values downstream of a relate must lie inside the sub-search."""
+    T = len(cnodes)
+    if any(c["type"] == "NEQ" for c in t.constraints):
+        return (None,) * T
+    has_relate = any(n.function == "relate" for n in cnodes)
+    below_relate = [False] * T
+    for k, n in enumerate(cnodes):
+        below_relate[k] = any(cnodes[j].function == "relate" or below_relate[j] for j in n.inputs)
+    out_neq = [(min(j, k), k) for k, n in enumerate(cnodes) for j in n.out_neq]
+    keys: list[tuple[int, ...] | None] = []
+    for s in range(T):
+        if has_relate:
+            chosen = any(
+                below_relate[k] and (cnodes[k].kind != _PLAIN or cnodes[k].side_param) for k in range(s)
+            )
+            keys.append(None if chosen else tuple(range(s)))
+            continue
+        need = {j for k in range(s, T) for j in cnodes[k].inputs if j < s}
+        need |= {a for a, b in out_neq if a < s <= b}
+        keys.append(tuple(sorted(need)))
+    return tuple(keys)
 
 
 def _is_set(value: str, ct: _CTemplate, param: str) -> bool:

@@ -73,7 +73,7 @@ _METAL_BLUR = 0.04  # std-dev of the jitter of the metal reflection direction (b
 _METAL_RAYS = 4  # jittered reflection rays per metal shading point
 _METAL_DIFFUSE = 0.08  # small diffuse share of metal (Blender's blurred glossy is never pure mirror)
 _ESCAPE_RADIANCE = 0.4  # radiance seen by reflection rays that leave the scene (near-black world)
-_AO_STRENGTH = 0.7  # how much of the ambient an object resting on the floor removes right under it
+_AO_STRENGTH = 0.9  # how much of the ambient an object resting on the floor removes right under it
 _AO_SCALE_CUBE = 1.15  # occluding-sphere radius of a cube relative to its half-side
 _BEVEL = 0.12  # cube / cylinder edge bevel radius as a fraction of the object size
 _SHADOW_EPS = 1e-4  # shadow rays ignore hits at parameter t < eps (segment from point to lamp is t=0..1)

@@ -103,7 +103,11 @@ class Compiler:
 @dataclass
 class ProgramBatch:
     """Padded programs of Q questions. Tensors: op (Q, L), in0/in1 (Q, L), concepts (Q, L, K) with -1
-    padding, param (Q, L), length (Q,), image (Q,) = index of each question's image in the batch."""
+    padding, param (Q, L), length (Q,), image (Q,) = index of each question's image in the batch.
+
+    ``schedule[t]`` lists, for program step t, each op code present with the (k,) indices of the questions
+    whose step t is that op; it is built once on the CPU so that execution needs no device synchronisation.
+    """
 
     op: Tensor
     in0: Tensor
@@ -113,6 +117,7 @@ class ProgramBatch:
     length: Tensor
     image: Tensor
     output_kind: Tensor
+    schedule: list[list[tuple[int, Tensor]]]
 
     @classmethod
     def collate(cls, programs: Sequence[CompiledProgram], images: Sequence[int]) -> ProgramBatch:
@@ -135,10 +140,16 @@ class ProgramBatch:
                     concepts[q, t, : len(c)] = torch.tensor(c)
         length = torch.tensor([len(p.ops) for p in programs])
         kinds = torch.tensor([p.output_kind for p in programs])
-        return cls(op, in0, in1, concepts, param, length, torch.as_tensor(images, dtype=torch.long), kinds)
+        schedule = []
+        for t in range(L):
+            col = op[:, t]
+            schedule.append([(c, (col == c).nonzero(as_tuple=True)[0]) for c in sorted(set(col.tolist())) if c >= 0])
+        return cls(op, in0, in1, concepts, param, length, torch.as_tensor(images, dtype=torch.long), kinds, schedule)
 
     def to(self, device: torch.device | str) -> ProgramBatch:
-        return ProgramBatch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+        fields = [getattr(self, f) for f in self.__dataclass_fields__ if f != "schedule"]
+        schedule = [[(c, idx.to(device)) for c, idx in step] for step in self.schedule]
+        return ProgramBatch(*(t.to(device) for t in fields), schedule)
 
 
 # --------------------------------------------------------------------------------------------- scene tensors
@@ -305,44 +316,49 @@ class Executor:
             raise ValueError(f"the executor has no implementation for {sorted(missing)}")
 
     def __call__(self, batch: ProgramBatch, scene: SceneLogits, quantize: bool = False) -> Output:
-        Q, L = batch.op.shape
+        Q = batch.op.shape[0]
         N = scene.mask.shape[1]
         device = scene.mask.device
         steps: list[Tensor] = []  # per step: (Q, N) set logits (zeros where the step has no set)
         scalar = torch.full((Q,), float("nan"), device=device)
         kind = torch.full((Q,), -1, dtype=torch.long, device=device)
         query: dict[int, tuple[Tensor, Tensor]] = {}
-        for t in range(L):
+        scalar_rows: list[Tensor] = []
+        scalar_vals: list[Tensor] = []
+        for t, groups in enumerate(batch.schedule):
             hist = torch.stack(steps, 1) if steps else None  # (Q, t, N)
-            ops_t = batch.op[:, t]
-            step = torch.zeros(Q, N, device=device)
-            for code in torch.unique(ops_t).tolist():
-                if code < 0:
-                    continue
-                idx = (ops_t == code).nonzero(as_tuple=True)[0]  # (k,)
+            set_rows: list[Tensor] = []
+            set_vals: list[Tensor] = []
+            for code, idx in groups:
                 name = self.op_names[code]
                 x = hist[idx, batch.in0[idx, t]] if hist is not None else None
                 y = hist[idx, batch.in1[idx, t]] if hist is not None else None
-                args = Args(
-                    scene, batch.image[idx], x, y, batch.concepts[idx, t], batch.param[idx, t], quantize
-                )
+                args = Args(scene, batch.image[idx], x, y, batch.concepts[idx, t], batch.param[idx, t], quantize)
                 if name in SET_OPS:
-                    step = step.index_put((idx,), SET_OPS[name](args))
+                    set_rows.append(idx)
+                    set_vals.append(SET_OPS[name](args))
                 elif name in SCALAR_OPS:
-                    scalar = scalar.index_put((idx,), SCALAR_OPS[name](args).to(scalar.dtype))
-                    kind = kind.index_put((idx,), torch.tensor(SCALAR_KIND.get(name, 0), device=device))
-                else:  # query, grouped by attribute because answer sizes differ
+                    scalar_rows.append(idx)
+                    scalar_vals.append(SCALAR_OPS[name](args))
+                    kind[idx] = SCALAR_KIND.get(name, 0)
+                else:  # query: answer sizes differ per attribute, so each attribute runs separately
                     p = unique(args.x, _mask(args), quantize)  # (k, N)
-                    for a_id in torch.unique(args.param).tolist():
-                        sel = args.param == a_id
-                        attr = self.attributes[a_id]
+                    for a_id, attr in enumerate(self.attributes):
+                        sel = (args.param == a_id).nonzero(as_tuple=True)[0]
+                        if len(sel) == 0:
+                            continue
                         logits = torch.einsum("kn,knc->kc", p[sel], scene.query[attr][args.img[sel]])
-                        k_id = 2 + a_id
-                        qi = idx[sel]
+                        k_id, qi = 2 + a_id, idx[sel]
                         if k_id in query:  # the same attribute at another step: concatenate
                             qi = torch.cat([query[k_id][0], qi])
                             logits = torch.cat([query[k_id][1], logits])
                         query[k_id] = (qi, logits)
-                        kind = kind.index_put((idx[sel],), torch.tensor(k_id, device=device))
+                        kind[qi] = k_id
+            # One scatter per step: rows of questions without a set at this step stay zero.
+            step = torch.zeros(Q, N, device=device)
+            if set_vals:
+                step = step.index_put((torch.cat(set_rows),), torch.cat(set_vals))
             steps.append(step)
+        if scalar_vals:
+            scalar = scalar.index_put((torch.cat(scalar_rows),), torch.cat(scalar_vals).to(scalar.dtype))
         return Output(kind, scalar, query)
