@@ -245,6 +245,32 @@ _register("generate", "generate a CLEVR-format dataset (scenes, images, masks, q
 _register("train", "train NS-CL (or --evaluate a checkpoint); release-compatible flags", _train_flags, "cmd_train")
 
 
+def _visualize_flags(p: argparse.ArgumentParser) -> None:
+    add_data_flags(p)
+    add_domain_flag(p)
+    p.add_argument("-n", type=int, default=10, help="how many images to show (default: 10)")
+    p.add_argument("--random", action="store_true", help="pick the images at random (default: the first N)")
+    p.add_argument("--seed", type=int, default=None, help="seed for --random (default: a fresh one, printed)")
+    p.add_argument("--output", "-o", default=None, help="HTML page to write (default: <data-dir>/visualize.html)")
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from .domain import load_domain
+    from .visualize import visualize
+
+    res = visualize(
+        split_paths(args), load_domain(args.domain), n=args.n, random=args.random, seed=args.seed, output=args.output
+    )
+    seed = f", seed {res.seed}" if res.seed is not None else ""
+    log.info("wrote %s (%d images, %d questions%s; overlays in %s)", res.page, len(res.image_indices),
+             res.questions, seed, res.overlays[0].parent)
+    return 0
+
+
+_register("visualize", "write a static HTML page showing images, objects, questions and programs",
+          _visualize_flags, "cmd_visualize")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nscl", description="Neuro-Symbolic Concept Learner on modern PyTorch.")
     p.add_argument("--version", action="version", version=f"nscl {__version__}")

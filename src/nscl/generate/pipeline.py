@@ -185,6 +185,24 @@ def _load_part(cfg: GenerateConfig, job: ChunkJob) -> dict | None:
     return part
 
 
+def _complete(cfg: GenerateConfig) -> dict[str, dict[str, int]] | None:
+    """Per-split counts if every split's final files exist and were made with the same settings."""
+    summary = {}
+    for split, n in cfg.splits():
+        paths = [Path(cfg.out) / split / f for f in ("scenes.json", "questions.json", "vocab.json")]
+        if not all(p.exists() for p in paths):
+            return None
+        try:
+            scenes = read_json(paths[0])
+            questions = read_json(paths[1])
+        except NSCLError:
+            return None
+        if scenes.get("info", {}).get("fingerprint") != cfg.fingerprint() or len(scenes.get("scenes", [])) != n:
+            return None
+        summary[split] = {"images": n, "questions": len(questions.get("questions", []))}
+    return summary
+
+
 def generate_dataset(cfg: GenerateConfig, domain: Domain, progress: bool = True) -> dict[str, dict[str, int]]:
     """Generate every requested split; returns per-split counts of images and questions."""
     from tqdm import tqdm
@@ -192,6 +210,10 @@ def generate_dataset(cfg: GenerateConfig, domain: Domain, progress: bool = True)
     if not cfg.splits():
         raise NSCLError("nothing to generate: give --train-images, --val-images or --test-images")
     out = Path(cfg.out)
+    done_already = _complete(cfg)
+    if done_already is not None:
+        log.info("%s already holds this dataset (same settings); nothing to do", out)
+        return done_already
     jobs = [j for split, n in cfg.splits() for j in _jobs(cfg, domain, split, n)]
     results: dict[tuple[str, int], dict] = {}
     todo = []

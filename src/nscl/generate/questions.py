@@ -20,6 +20,26 @@ the recursion (node outputs are computed once, when a child is created, and neve
 drawn lazily (a Fisher-Yates shuffle that stops when the search does). Visiting options in the order of a
 lazily drawn uniform permutation visits them with the same distribution as CLEVR's shuffled stack, so the
 questions follow the same distribution as CLEVR's engine, not the same random stream.
+
+Differences from CLEVR's code, all deliberate:
+
+* Memo of failed sub-searches (``memoize=True``, the default): within one search, a sub-search that found no
+  question is not repeated from the same outputs of the earlier template nodes (only the outputs it depends
+  on form the key, e.g. the object that a description picked out, not the description). CLEVR repeats it,
+  which differs only through that sub-search's own random draws (random extra filter keys, sampled trivial
+  relate options). This is what makes exhaustive searches cheap (compare_integer #0, whose answer balancing
+  rejects every instance after the first, is searched exhaustively on every scene); family, answer and
+  program-length distributions match ``memoize=False`` (CLEVR's search) within sampling noise.
+* ``max_states`` bounds one search (CLEVR has no bound); the default is far above what searches need.
+* Filter options are taken on the composite node's own input set; CLEVR takes the output of the last
+  expanded node, which is the same set except in single_or #5 (two scene nodes first), where it only
+  changes how many random extra keys the second filter gets. A ``filter`` expanded to no node at all (a
+  random all-None key) stands for its input; CLEVR points it at the previous node.
+* ``NEQ`` (unused by the templates) rejects equal values, as its name says; CLEVR's test is inverted.
+* The "other" heuristic treats the wildcard (``thing``) as unset, as ``NULL`` does; CLEVR's code compares
+  with ``""`` only, so "other" also disappears there when one shape is ``thing`` and the other is not,
+  although the two descriptions may then match the same object.
+* Answers outside the template's answer domain (a count above ``max_count``) are counted, not an error.
 """
 
 from __future__ import annotations
@@ -206,13 +226,19 @@ def load_synonyms(path: Path | None = None) -> dict[str, list[str]]:
 # --------------------------------------------------------------------------------------------- results
 @dataclass(frozen=True)
 class GeneratedQuestion:
-    """One question: text, CLEVR program (plain functions only), normalised answer and its family."""
+    """One question: text, CLEVR program (plain functions only, CLEVR v1.0 form), normalised answer
+    (``yes``/``no``, ``"3"``, ``"red"``), global family index and template file name.
+
+    ``params`` holds the template's parameter values in template order, before synonyms: a concept, or
+    ``""`` / the attribute's wildcard (``thing``) for a parameter left unset.
+    """
 
     text: str
     program: ClevrProgram
     answer: str
     family: int
     template_filename: str
+    params: tuple[tuple[str, str], ...] = ()
 
 
 # --------------------------------------------------------------------------------------------- scene index
@@ -403,9 +429,9 @@ class _CTemplate:
     memo_keys: tuple[tuple[int, ...] | None, ...]
 
 
-def _lazy_shuffle(items: Sequence, rnd: Callable[[], float]) -> Iterator:
-    """Yield ``items`` in a uniformly random order, drawing the order only as far as it is consumed."""
-    a = list(items)
+def _lazy_shuffle(a: list, rnd: Callable[[], float]) -> Iterator:
+    """Yield the items of ``a`` in a uniformly random order, drawing the order only as far as it is
+    consumed (a Fisher-Yates shuffle of ``a`` in place)."""
     n = len(a)
     for k in range(n):
         j = k + int(rnd() * (n - k))
@@ -485,6 +511,7 @@ class QuestionEngine:
         self._compiled = tuple(self._compile(t) for t in self.templates)
         self._scenes_seen = 0
         self._counts = _Counts()
+        self.reset_counts()
         #: number of states visited by the last search (for benchmarks and tests)
         self.last_states = 0
 
@@ -502,9 +529,7 @@ class QuestionEngine:
                 pattr[name] = dom.attribute_of_type(ty)
             except ValueError:
                 raise bad(f"parameter {name}: the domain has no value type {ty!r}") from None
-        unset = {
-            name: (a.wildcard or "") if a in dom.attributes else "" for name, a in pattr.items()
-        }
+        unset = {name: (a.wildcard or "") if a in dom.attributes else "" for name, a in pattr.items()}
         null_of: dict[int, list[str]] = {}
         neq_of: dict[int, list[tuple[str, str]]] = {}
         out_neq_of: dict[int, list[int]] = {}
@@ -588,7 +613,11 @@ class QuestionEngine:
                     side_values = a.concepts
                 cnodes.append(
                     _CNode(
-                        kind=_PLAIN, op=self._ops[fn], side_param=side_param, side_values=side_values, **common
+                        kind=_PLAIN,
+                        op=self._ops[fn],
+                        side_param=side_param,
+                        side_values=side_values,
+                        **common,
                     )
                 )
             types.append(sig.output)
@@ -667,7 +696,8 @@ class QuestionEngine:
         program = ClevrProgram(tuple(ClevrNode(f, i, v) for f, i, v in nodes))
         text = self._text(ct, vals, rnd)
         t = ct.template
-        return GeneratedQuestion(text, program, answer, t.family, t.filename)
+        params = tuple((p["name"], vals[p["name"]]) for p in t.params if p["name"] in vals)
+        return GeneratedQuestion(text, program, answer, t.family, t.filename, params)
 
     def _search(
         self,
@@ -748,7 +778,7 @@ class QuestionEngine:
                     return False
                 p = node.side_param
                 null = p in node.null_params
-                for v in _lazy_shuffle(node.side_values, rnd):
+                for v in _lazy_shuffle(list(node.side_values), rnd):
                     states += 1
                     if states > budget:
                         raise _Abort
@@ -781,7 +811,7 @@ class QuestionEngine:
                 opts = nontrivial
                 if n_triv and trivial:
                     chosen = []
-                    for o in _lazy_shuffle(trivial, rnd):
+                    for o in _lazy_shuffle(list(trivial), rnd):
                         chosen.append(o)
                         if len(chosen) == n_triv:
                             break
@@ -873,9 +903,7 @@ class QuestionEngine:
             keep = m.group(1) if rnd() > 0.5 else ""
             text = text[: m.start()] + keep + text[m.end() :]
         text = " ".join(text.split())
-        if ct.other_pairs and (" other " in text or " another " in text):
-            if any(_is_set(vals[a], ct, a) and _is_set(vals[b], ct, b) and vals[a] != vals[b] for a, b in ct.other_pairs):
-                text = text.replace(" other ", " ").replace(" another ", " a ")
+        text = _other_heuristic(text, vals, ct)
         return text[:1].upper() + text[1:]
 
 
@@ -898,10 +926,10 @@ def _memo_keys(t: Template, cnodes: Sequence[_CNode]) -> tuple[tuple[int, ...] |
     keys: list[tuple[int, ...] | None] = []
     for s in range(T):
         if has_relate:
-            chosen = any(
+            unsafe = any(
                 below_relate[k] and (cnodes[k].kind != _PLAIN or cnodes[k].side_param) for k in range(s)
             )
-            keys.append(None if chosen else tuple(range(s)))
+            keys.append(None if unsafe else tuple(range(s)))
             continue
         need = {j for k in range(s, T) for j in cnodes[k].inputs if j < s}
         need |= {a for a, b in out_neq if a < s <= b}
@@ -909,8 +937,17 @@ def _memo_keys(t: Template, cnodes: Sequence[_CNode]) -> tuple[tuple[int, ...] |
     return tuple(keys)
 
 
-def _is_set(value: str, ct: _CTemplate, param: str) -> bool:
-    return value != ct.unset_values[param]
+def _other_heuristic(text: str, vals: Mapping[str, str], ct: _CTemplate) -> str:
+    """CLEVR's "other" rule: when the two object descriptions set one attribute to two different values,
+    the second object cannot be the first, so " other " is dropped and " another " becomes " a "."""
+    if not ct.other_pairs or (" other " not in text and " another " not in text):
+        return text
+    unset = ct.unset_values
+    for a, b in ct.other_pairs:
+        va, vb = vals[a], vals[b]
+        if va != unset[a] and vb != unset[b] and va != vb:
+            return text.replace(" other ", " ").replace(" another ", " a ")
+    return text
 
 
 def _other_pairs(t: Template, pattr: Mapping[str, Any], dom: Domain) -> tuple[tuple[str, str], ...]:
@@ -927,7 +964,10 @@ def _other_pairs(t: Template, pattr: Mapping[str, Any], dom: Domain) -> tuple[tu
 
 
 def _degenerate(
-    prog: Sequence[tuple[str, tuple[int, ...], tuple[str, ...]]], answer: Any, sc: _SceneIndex, ops: Mapping[str, Op]
+    prog: Sequence[tuple[str, tuple[int, ...], tuple[str, ...]]],
+    answer: Any,
+    sc: _SceneIndex,
+    ops: Mapping[str, Op],
 ) -> bool:
     """CLEVR's degeneracy test: replacing any ``relate`` node by ``scene`` (dropping the nodes that no longer
     feed the answer) must change the answer."""

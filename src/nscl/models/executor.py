@@ -39,6 +39,7 @@ class CompiledProgram:
     concepts: tuple[tuple[int, ...], ...]
     params: tuple[int, ...]
     output_kind: int  # answer kind the program produces (see AnswerKinds)
+    levels: tuple[int, ...]  # 0 for scene(), else 1 + the largest level of the node's inputs
 
 
 class AnswerKinds:
@@ -71,15 +72,18 @@ class Compiler:
 
     def __init__(self, domain: Domain) -> None:
         self.domain = domain
-        self.op_names = tuple(domain.nscl_ops)
+        unknown = set(domain.nscl_ops) - set(OP_NAMES)
+        if unknown:
+            raise ValueError(f"the executor has no implementation for {sorted(unknown)}")
         self.concepts = {c: i for i, c in enumerate(domain.object_concepts)}
         self.relations = {c: i for i, c in enumerate(domain.relation_concepts)}
         self.attributes = {a: i for i, a in enumerate(domain.attribute_names)}
 
     def __call__(self, prog: Program) -> CompiledProgram:
-        ops, inputs, concepts, params = [], [], [], []
+        ops, inputs, concepts, params, levels = [], [], [], [], []
         for n in prog.nodes:
-            ops.append(self.op_names.index(n.op))
+            levels.append(1 + max((levels[j] for j in n.inputs), default=-1))
+            ops.append(OP_NAMES.index(n.op))
             ins = tuple(n.inputs) + (-1,) * (2 - len(n.inputs))
             inputs.append((ins[0], ins[1]))
             if n.op == "relate":
@@ -97,59 +101,82 @@ class Compiler:
             kind = 2 + self.attributes[last.attribute]
         else:
             kind = -1  # an object set is not an answer
-        return CompiledProgram(tuple(ops), tuple(inputs), tuple(concepts), tuple(params), kind)
+        return CompiledProgram(tuple(ops), tuple(inputs), tuple(concepts), tuple(params), kind, tuple(levels))
+
+
+@dataclass
+class OpGroup:
+    """All nodes of one op (and, for query, one attribute) at one level of the batch's programs.
+
+    ``x``/``y`` are positions of the input sets in the executor's bank: the concatenation, in group order, of
+    the outputs of every earlier set-producing group. Tensors are (k,) except concepts (k, K)."""
+
+    op: int
+    level: int
+    attribute: int  # query groups: the attribute index; else -1
+    questions: Tensor
+    images: Tensor
+    x: Tensor
+    y: Tensor
+    concepts: Tensor
+    param: Tensor
+
+    def to(self, device: torch.device | str) -> OpGroup:
+        t = [getattr(self, f).to(device) for f in ("questions", "images", "x", "y", "concepts", "param")]
+        return OpGroup(self.op, self.level, self.attribute, *t)
 
 
 @dataclass
 class ProgramBatch:
-    """Padded programs of Q questions. Tensors: op (Q, L), in0/in1 (Q, L), concepts (Q, L, K) with -1
-    padding, param (Q, L), length (Q,), image (Q,) = index of each question's image in the batch.
+    """A batch of Q compiled programs scheduled by level: nodes of the same op and level across all programs
+    form one :class:`OpGroup` and run as one vectorised call. ``image`` (Q,) is each question's image in the
+    batch; ``output_kind`` (Q,) the answer kind each program produces. Built once on the CPU, so execution
+    needs no device synchronisation."""
 
-    ``schedule[t]`` lists, for program step t, each op code present with the (k,) indices of the questions
-    whose step t is that op; it is built once on the CPU so that execution needs no device synchronisation.
-    """
-
-    op: Tensor
-    in0: Tensor
-    in1: Tensor
-    concepts: Tensor
-    param: Tensor
-    length: Tensor
+    groups: list[OpGroup]
     image: Tensor
     output_kind: Tensor
-    schedule: list[list[tuple[int, Tensor]]]
+
+    @property
+    def num_questions(self) -> int:
+        return int(self.image.shape[0])
 
     @classmethod
     def collate(cls, programs: Sequence[CompiledProgram], images: Sequence[int]) -> ProgramBatch:
-        Q = len(programs)
-        L = max(len(p.ops) for p in programs)
-        K = max([len(c) for p in programs for c in p.concepts] + [1])
-        op = torch.full((Q, L), -1, dtype=torch.long)
-        in0 = torch.zeros((Q, L), dtype=torch.long)
-        in1 = torch.zeros((Q, L), dtype=torch.long)
-        concepts = torch.full((Q, L, K), -1, dtype=torch.long)
-        param = torch.full((Q, L), -1, dtype=torch.long)
+        set_codes = {OP_NAMES.index(n) for n in SET_OPS}
+        query_code = OP_NAMES.index("query")
+        buckets: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
         for q, p in enumerate(programs):
-            n = len(p.ops)
-            op[q, :n] = torch.tensor(p.ops)
-            ins = torch.tensor(p.inputs).clamp_min(0)
-            in0[q, :n], in1[q, :n] = ins[:, 0], ins[:, 1]
-            param[q, :n] = torch.tensor(p.params)
-            for t, c in enumerate(p.concepts):
-                if c:
-                    concepts[q, t, : len(c)] = torch.tensor(c)
-        length = torch.tensor([len(p.ops) for p in programs])
+            for t, (op, lvl) in enumerate(zip(p.ops, p.levels)):
+                key = (lvl, op, p.params[t] if op == query_code else -1)
+                buckets.setdefault(key, []).append((q, t))
+        K = max([len(c) for p in programs for c in p.concepts] + [1])
+        position: dict[tuple[int, int], int] = {}
+        offset = 0
+        groups = []
+        for (lvl, op, attr), members in sorted(buckets.items()):
+            k = len(members)
+            qs = [q for q, _ in members]
+            xs, ys, cs, ps = [], [], torch.full((k, K), -1, dtype=torch.long), []
+            for r, (q, t) in enumerate(members):
+                prog = programs[q]
+                i0, i1 = prog.inputs[t]
+                xs.append(position[(q, i0)] if i0 >= 0 else 0)
+                ys.append(position[(q, i1)] if i1 >= 0 else 0)
+                if prog.concepts[t]:
+                    cs[r, : len(prog.concepts[t])] = torch.tensor(prog.concepts[t])
+                ps.append(prog.params[t])
+            if op in set_codes:
+                for r, (q, t) in enumerate(members):
+                    position[(q, t)] = offset + r
+                offset += k
+            groups.append(OpGroup(op, lvl, attr, torch.tensor(qs), torch.tensor([images[q] for q in qs], dtype=torch.long),
+                                  torch.tensor(xs), torch.tensor(ys), cs, torch.tensor(ps)))
         kinds = torch.tensor([p.output_kind for p in programs])
-        schedule = []
-        for t in range(L):
-            col = op[:, t]
-            schedule.append([(c, (col == c).nonzero(as_tuple=True)[0]) for c in sorted(set(col.tolist())) if c >= 0])
-        return cls(op, in0, in1, concepts, param, length, torch.as_tensor(images, dtype=torch.long), kinds, schedule)
+        return cls(groups, torch.as_tensor(images, dtype=torch.long), kinds)
 
     def to(self, device: torch.device | str) -> ProgramBatch:
-        fields = [getattr(self, f) for f in self.__dataclass_fields__ if f != "schedule"]
-        schedule = [[(c, idx.to(device)) for c, idx in step] for step in self.schedule]
-        return ProgramBatch(*(t.to(device) for t in fields), schedule)
+        return ProgramBatch([g.to(device) for g in self.groups], self.image.to(device), self.output_kind.to(device))
 
 
 # --------------------------------------------------------------------------------------------- scene tensors
@@ -284,7 +311,6 @@ def op_query_attribute_equal(a: Args) -> Tensor:
     return torch.einsum("ki,kij,kj->k", p, same, q)
 
 
-# query is special: its output size depends on the attribute; handled by the executor.
 SET_OPS: dict[str, Callable[[Args], Tensor]] = {
     "scene": op_scene,
     "filter": op_filter,
@@ -302,6 +328,8 @@ SCALAR_OPS: dict[str, Callable[[Args], Tensor]] = {
     "query_attribute_equal": op_query_attribute_equal,
 }
 SCALAR_KIND = {"count": 1}  # every other scalar op answers yes/no (kind 0)
+# Op codes used by compiled programs; query is special: its output size depends on the attribute.
+OP_NAMES: tuple[str, ...] = (*SET_OPS, *SCALAR_OPS, "query")
 
 
 # --------------------------------------------------------------------------------------------- executor
@@ -309,56 +337,43 @@ class Executor:
     """Runs a :class:`ProgramBatch` on :class:`SceneLogits`; stateless apart from the domain's op table."""
 
     def __init__(self, domain: Domain) -> None:
-        self.op_names = tuple(domain.nscl_ops)
         self.attributes = domain.attribute_names
-        missing = set(self.op_names) - set(SET_OPS) - set(SCALAR_OPS) - {"query"}
+        missing = set(domain.nscl_ops) - set(OP_NAMES)
         if missing:
             raise ValueError(f"the executor has no implementation for {sorted(missing)}")
 
     def __call__(self, batch: ProgramBatch, scene: SceneLogits, quantize: bool = False) -> Output:
-        Q = batch.op.shape[0]
-        N = scene.mask.shape[1]
+        Q = batch.num_questions
         device = scene.mask.device
-        steps: list[Tensor] = []  # per step: (Q, N) set logits (zeros where the step has no set)
-        scalar = torch.full((Q,), float("nan"), device=device)
-        kind = torch.full((Q,), -1, dtype=torch.long, device=device)
-        query: dict[int, tuple[Tensor, Tensor]] = {}
+        parts: list[Tensor] = []  # outputs of set groups, in order; their concatenation is the bank
+        bank: Tensor | None = None
+        level = -1
         scalar_rows: list[Tensor] = []
         scalar_vals: list[Tensor] = []
-        for t, groups in enumerate(batch.schedule):
-            hist = torch.stack(steps, 1) if steps else None  # (Q, t, N)
-            set_rows: list[Tensor] = []
-            set_vals: list[Tensor] = []
-            for code, idx in groups:
-                name = self.op_names[code]
-                x = hist[idx, batch.in0[idx, t]] if hist is not None else None
-                y = hist[idx, batch.in1[idx, t]] if hist is not None else None
-                args = Args(scene, batch.image[idx], x, y, batch.concepts[idx, t], batch.param[idx, t], quantize)
-                if name in SET_OPS:
-                    set_rows.append(idx)
-                    set_vals.append(SET_OPS[name](args))
-                elif name in SCALAR_OPS:
-                    scalar_rows.append(idx)
-                    scalar_vals.append(SCALAR_OPS[name](args))
-                    kind[idx] = SCALAR_KIND.get(name, 0)
-                else:  # query: answer sizes differ per attribute, so each attribute runs separately
-                    p = unique(args.x, _mask(args), quantize)  # (k, N)
-                    for a_id, attr in enumerate(self.attributes):
-                        sel = (args.param == a_id).nonzero(as_tuple=True)[0]
-                        if len(sel) == 0:
-                            continue
-                        logits = torch.einsum("kn,knc->kc", p[sel], scene.query[attr][args.img[sel]])
-                        k_id, qi = 2 + a_id, idx[sel]
-                        if k_id in query:  # the same attribute at another step: concatenate
-                            qi = torch.cat([query[k_id][0], qi])
-                            logits = torch.cat([query[k_id][1], logits])
-                        query[k_id] = (qi, logits)
-                        kind[qi] = k_id
-            # One scatter per step: rows of questions without a set at this step stay zero.
-            step = torch.zeros(Q, N, device=device)
-            if set_vals:
-                step = step.index_put((torch.cat(set_rows),), torch.cat(set_vals))
-            steps.append(step)
+        kind = torch.full((Q,), -1, dtype=torch.long, device=device)
+        query_parts: dict[int, list[tuple[Tensor, Tensor]]] = {}
+        for g in batch.groups:
+            if g.level != level:  # inputs of this level are all in earlier levels
+                bank = torch.cat(parts) if parts else None
+                level = g.level
+            name = OP_NAMES[g.op]
+            x = bank[g.x] if bank is not None else None  # (k, N)
+            y = bank[g.y] if bank is not None else None
+            args = Args(scene, g.images, x, y, g.concepts, g.param, quantize)
+            if name in SET_OPS:
+                parts.append(SET_OPS[name](args))
+            elif name in SCALAR_OPS:
+                scalar_rows.append(g.questions)
+                scalar_vals.append(SCALAR_OPS[name](args))
+                kind[g.questions] = SCALAR_KIND.get(name, 0)
+            else:  # query: one attribute per group
+                a_id = g.attribute
+                p = unique(x, _mask(args), quantize)  # (k, N)
+                logits = torch.einsum("kn,knc->kc", p, scene.query[self.attributes[a_id]][g.images])
+                query_parts.setdefault(2 + a_id, []).append((g.questions, logits))
+                kind[g.questions] = 2 + a_id
+        scalar = torch.full((Q,), float("nan"), device=device)
         if scalar_vals:
             scalar = scalar.index_put((torch.cat(scalar_rows),), torch.cat(scalar_vals).to(scalar.dtype))
+        query = {k: (torch.cat([i for i, _ in v]), torch.cat([l for _, l in v])) for k, v in query_parts.items()}
         return Output(kind, scalar, query)
