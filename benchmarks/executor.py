@@ -39,8 +39,11 @@ def main() -> None:
         from nscl.generate.pipeline import GenerateConfig, generate_dataset
 
         tmp = tempfile.mkdtemp()
-        generate_dataset(GenerateConfig(out=tmp, seed=3, train_images=60, width=96, height=64, supersample=1), domain,
-                         progress=False)
+        generate_dataset(
+            GenerateConfig(out=tmp, seed=3, train_images=60, width=96, height=64, supersample=1),
+            domain,
+            progress=False,
+        )
         data_dir = Path(tmp) / "train"
     else:
         data_dir = Path(args.data_dir)
@@ -73,7 +76,10 @@ def main() -> None:
 
     def reference(quantize: bool) -> None:
         with torch.set_grad_enabled(not quantize):
-            outs = [run_one(p, feats, local[q.image_index], model.concepts, domain, quantize) for p, q in zip(progs, qs)]
+            outs = [
+                run_one(p, feats, local[q.image_index], model.concepts, domain, quantize)
+                for p, q in zip(progs, qs)
+            ]
         if not quantize:
             torch.stack([o.sum() for o in outs]).sum().backward()
 
@@ -88,8 +94,10 @@ def main() -> None:
             dt = (time.perf_counter() - t) / args.repeats
             res[name] = len(qs) / dt
         mode = "test (quantised)" if quantize else "training (forward+backward)"
-        print(f"{mode:<30} batched {res['batched']:9.0f} q/s   reference {res['reference']:8.0f} q/s   "
-              f"ratio {res['batched'] / res['reference']:.1f}x")
+        print(
+            f"{mode:<30} batched {res['batched']:9.0f} q/s   reference {res['reference']:8.0f} q/s   "
+            f"ratio {res['batched'] / res['reference']:.1f}x"
+        )
 
 
 if __name__ == "__main__":

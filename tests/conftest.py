@@ -155,3 +155,60 @@ def write_json() -> Callable[[Path, object], Path]:
         return path
 
     return _write
+
+
+# --------------------------------------------------------------------------------------------- generated data
+GEN_TRAIN_IMAGES = 50
+GEN_VAL_IMAGES = 10
+GEN_HEIGHT = 48
+
+
+@pytest.fixture(scope="session")
+def gen_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small generated dataset (``<root>/train``: 50 images, 500 questions; ``<root>/val``: 10 images,
+    100 questions; 64x48 pixels). Generated once per session (about 2 s); treat it as read-only."""
+    from nscl.generate.pipeline import GenerateConfig, generate_dataset
+
+    root = tmp_path_factory.mktemp("generated")
+    cfg = GenerateConfig(
+        out=str(root),
+        seed=5,
+        train_images=GEN_TRAIN_IMAGES,
+        val_images=GEN_VAL_IMAGES,
+        width=64,
+        height=GEN_HEIGHT,
+        supersample=1,
+        workers=1,
+    )
+    generate_dataset(cfg, builtin_domain("clevr"), progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def gen_split(gen_root: Path, domain: Domain):
+    """The generated train split, loaded (nscl.data.Split)."""
+    from nscl.data import SplitPaths, load_split
+
+    return load_split(SplitPaths.resolve(gen_root / "train"), domain)
+
+
+@pytest.fixture(scope="session")
+def gen_dataset(gen_split, domain: Domain):
+    """The generated train split compiled at its own resolution (QADataset, 64x48)."""
+    from nscl.training.data import QADataset
+
+    return QADataset(gen_split, domain, GEN_HEIGHT)
+
+
+@pytest.fixture
+def one_thread():
+    """Run torch on one CPU thread during the test (tiny tensors: fastest, and immune to OpenMP spin-waiting
+    when other processes share the cores), then restore the previous setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

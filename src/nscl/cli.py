@@ -127,17 +127,32 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     try:
         cfg = GenerateConfig(
-            out=args.out, seed=args.seed, train_images=args.train_images, val_images=args.val_images,
-            test_images=args.test_images, questions_per_image=args.questions_per_image, width=args.width,
-            height=args.height, min_objects=args.min_objects, max_objects=args.max_objects, cogent=args.cogent,
-            templates=args.templates, supersample=args.supersample, workers=args.workers,
+            out=args.out,
+            seed=args.seed,
+            train_images=args.train_images,
+            val_images=args.val_images,
+            test_images=args.test_images,
+            questions_per_image=args.questions_per_image,
+            width=args.width,
+            height=args.height,
+            min_objects=args.min_objects,
+            max_objects=args.max_objects,
+            cogent=args.cogent,
+            templates=args.templates,
+            supersample=args.supersample,
+            workers=args.workers,
         )
     except ValueError as e:
         raise NSCLError(str(e)) from None
     summary = generate_dataset(cfg, load_domain(args.domain), progress=not args.no_progress)
     for split, counts in summary.items():
-        log.info("%s: %d images, %d questions -> %s", split, counts["images"], counts["questions"],
-                 f"{args.out}/{split}")
+        log.info(
+            "%s: %d images, %d questions -> %s",
+            split,
+            counts["images"],
+            counts["questions"],
+            f"{args.out}/{split}",
+        )
     return 0
 
 
@@ -147,23 +162,35 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     add_data_flags(p, "extra-data")
     add_domain_flag(p)
     # Flags left unset keep the value of --config (or TrainConfig's default, given in brackets).
-    p.add_argument("--training-target", choices=["derender"],
-                   help="what to train [derender: perception and concepts from QA with given programs]")
+    p.add_argument(
+        "--training-target",
+        choices=["derender"],
+        help="what to train [derender: perception and concepts from QA with given programs]",
+    )
     p.add_argument("--curriculum", choices=["all", "off"], help="[all]")
     p.add_argument("--dataset", default="clevr", choices=["clevr"])
     p.add_argument("--batch-size", type=int, help="questions per batch, grouped by image [32]")
     p.add_argument("--epochs", "--epoch", type=int, help="[100]")
     p.add_argument("--validation-interval", type=int, help="[5]")
     p.add_argument("--save-interval", type=int, help="[5]")
-    p.add_argument("--data-split", type=float, help="fraction of training images kept; the rest is dev [0.95]")
-    p.add_argument("--data-trim", type=float, help="keep this fraction (<1) or number (>=1) of questions [0: all]")
+    p.add_argument(
+        "--data-split", type=float, help="fraction of training images kept; the rest is dev [0.95]"
+    )
+    p.add_argument(
+        "--data-trim", type=float, help="keep this fraction (<1) or number (>=1) of questions [0: all]"
+    )
     p.add_argument("--lr", type=float, help="[0.001]")
     p.add_argument("--image-height", type=int, default=None, help="resize images to this height [128]")
     p.add_argument("--backbone", choices=["small", "resnet34"], default=None)
     p.add_argument("--pretrained", default=None, help="local ResNet-34 ImageNet state dict file")
     p.add_argument("--config", default=None, help="JSON file of TrainConfig values (flags override it)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set model.perception.width=32 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set model.perception.width=32 (repeatable)",
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--run-dir", default=None, help="where logs, metrics, curves and checkpoints go")
     p.add_argument("--evaluate", action="store_true", help="only evaluate the --load checkpoint")
@@ -191,12 +218,22 @@ def train_config_from_args(args: argparse.Namespace):  # noqa: ANN201
 
     cfg = from_dict(TrainConfig, read_json(args.config)) if args.config else TrainConfig()
     updates: dict = {}
-    for flag, key in (("curriculum", "curriculum"), ("batch_size", "batch_size"), ("epochs", "epochs"),
-                      ("validation_interval", "validation_interval"), ("save_interval", "save_interval"),
-                      ("data_split", "data_split"), ("data_trim", "data_trim"), ("lr", "lr"),
-                      ("training_target", "training_target"), ("threads", "threads"),
-                      ("image_height", "image_height"), ("seed", "seed"), ("backbone", "model.perception.backbone"),
-                      ("pretrained", "model.perception.pretrained")):
+    for flag, key in (
+        ("curriculum", "curriculum"),
+        ("batch_size", "batch_size"),
+        ("epochs", "epochs"),
+        ("validation_interval", "validation_interval"),
+        ("save_interval", "save_interval"),
+        ("data_split", "data_split"),
+        ("data_trim", "data_trim"),
+        ("lr", "lr"),
+        ("training_target", "training_target"),
+        ("threads", "threads"),
+        ("image_height", "image_height"),
+        ("seed", "seed"),
+        ("backbone", "model.perception.backbone"),
+        ("pretrained", "model.perception.pretrained"),
+    ):
         if getattr(args, flag) is not None:
             updates[key] = getattr(args, flag)
     for item in args.set:
@@ -218,12 +255,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     paths = split_paths(args)
-    extra = split_paths(args, "extra-data") if (args.extra_data_dir or args.extra_data_questions_json) else None
+    extra = (
+        split_paths(args, "extra-data") if (args.extra_data_dir or args.extra_data_questions_json) else None
+    )
     if args.evaluate:
         if not args.load:
             raise NSCLError("--evaluate needs --load CKPT")
-        metrics = evaluate_checkpoint(args.load, paths, extra, device, progress=not args.no_progress,
-                                      data_split=args.data_split)
+        metrics = evaluate_checkpoint(
+            args.load, paths, extra, device, progress=not args.no_progress, data_split=args.data_split
+        )
         print(format_table(metrics, "validation"))
         if extra is not None:
             print(format_table(metrics, "validationextra"))
@@ -231,8 +271,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = train_config_from_args(args)
     domain = load_domain(args.domain)
     run_dir = args.run_dir or f"runs/{cfg.training_target}-{paths.scenes.parent.name or 'data'}"
-    res = fit(cfg, domain, paths, run_dir, device, extra, resume=args.resume, progress=not args.no_progress,
-              use_tb=args.use_tb)
+    res = fit(
+        cfg,
+        domain,
+        paths,
+        run_dir,
+        device,
+        extra,
+        resume=args.resume,
+        progress=not args.no_progress,
+        use_tb=args.use_tb,
+    )
     print(format_table(res.metrics, "validation"))
     if extra is not None:
         print(format_table(res.metrics, "validationextra"))
@@ -240,9 +289,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-_register("generate", "generate a CLEVR-format dataset (scenes, images, masks, questions)", _generate_flags,
-          "cmd_generate")
-_register("train", "train NS-CL (or --evaluate a checkpoint); release-compatible flags", _train_flags, "cmd_train")
+_register(
+    "generate",
+    "generate a CLEVR-format dataset (scenes, images, masks, questions)",
+    _generate_flags,
+    "cmd_generate",
+)
+_register(
+    "train", "train NS-CL (or --evaluate a checkpoint); release-compatible flags", _train_flags, "cmd_train"
+)
 
 
 def _visualize_flags(p: argparse.ArgumentParser) -> None:
@@ -251,7 +306,9 @@ def _visualize_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", type=int, default=10, help="how many images to show (default: 10)")
     p.add_argument("--random", action="store_true", help="pick the images at random (default: the first N)")
     p.add_argument("--seed", type=int, default=None, help="seed for --random (default: a fresh one, printed)")
-    p.add_argument("--output", "-o", default=None, help="HTML page to write (default: <data-dir>/visualize.html)")
+    p.add_argument(
+        "--output", "-o", default=None, help="HTML page to write (default: <data-dir>/visualize.html)"
+    )
 
 
 def cmd_visualize(args: argparse.Namespace) -> int:
@@ -259,16 +316,119 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     from .visualize import visualize
 
     res = visualize(
-        split_paths(args), load_domain(args.domain), n=args.n, random=args.random, seed=args.seed, output=args.output
+        split_paths(args),
+        load_domain(args.domain),
+        n=args.n,
+        random=args.random,
+        seed=args.seed,
+        output=args.output,
     )
     seed = f", seed {res.seed}" if res.seed is not None else ""
-    log.info("wrote %s (%d images, %d questions%s; overlays in %s)", res.page, len(res.image_indices),
-             res.questions, seed, res.overlays[0].parent)
+    log.info(
+        "wrote %s (%d images, %d questions%s; overlays in %s)",
+        res.page,
+        len(res.image_indices),
+        res.questions,
+        seed,
+        res.overlays[0].parent,
+    )
     return 0
 
 
-_register("visualize", "write a static HTML page showing images, objects, questions and programs",
-          _visualize_flags, "cmd_visualize")
+_register(
+    "visualize",
+    "write a static HTML page showing images, objects, questions and programs",
+    _visualize_flags,
+    "cmd_visualize",
+)
+
+
+# --------------------------------------------------------------------------------------------- demo
+def _demo_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir", default="data/demo", help="where the demo dataset is generated (reused if there)"
+    )
+    p.add_argument("--run-dir", default="runs/demo", help="where logs, curves and checkpoints go")
+    p.add_argument(
+        "--config", default=None, help="TrainConfig JSON (default: configs/demo.json in this repo)"
+    )
+    p.add_argument("--train-images", type=int, default=3000)
+    p.add_argument("--val-images", type=int, default=500)
+    p.add_argument("--width", type=int, default=192)
+    p.add_argument("--height", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0, help="train data seed; val uses seed + 1")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Generate (train, and val with another seed), train, evaluate, print the tables and where things are."""
+    import time
+    from pathlib import Path
+
+    from .config import from_dict
+    from .data import SplitPaths
+    from .domain import builtin_domain
+    from .generate.pipeline import GenerateConfig, generate_dataset
+    from .io import read_json
+    from .metrics import format_table
+    from .training.trainer import TrainConfig, evaluate_checkpoint, fit, resolve_device
+
+    t0 = time.time()
+    domain = builtin_domain()
+    root = Path(args.data_dir)
+    common = dict(width=args.width, height=args.height, workers=0)
+    log.info(
+        "[1/3] generating %d train images (seed %d) and %d held-out val images (seed %d) in %s",
+        args.train_images,
+        args.seed,
+        args.val_images,
+        args.seed + 1,
+        root,
+    )
+    generate_dataset(
+        GenerateConfig(out=str(root / "train-set"), seed=args.seed, train_images=args.train_images, **common),
+        domain,
+        progress=not args.no_progress,
+    )
+    generate_dataset(
+        GenerateConfig(out=str(root / "val-set"), seed=args.seed + 1, val_images=args.val_images, **common),
+        domain,
+        progress=not args.no_progress,
+    )
+    t_gen = time.time() - t0
+    cfg_path = (
+        Path(args.config) if args.config else Path(__file__).resolve().parents[2] / "configs" / "demo.json"
+    )
+    cfg = from_dict(TrainConfig, read_json(cfg_path)) if cfg_path.exists() else TrainConfig(epochs=10)
+    device = resolve_device(args.device)
+    train_paths = SplitPaths.resolve(root / "train-set" / "train")
+    val_paths = SplitPaths.resolve(root / "val-set" / "val")
+    log.info(
+        "[2/3] training (%s, %d epochs) on %s",
+        cfg_path.name if cfg_path.exists() else "defaults",
+        cfg.epochs,
+        device,
+    )
+    res = fit(cfg, domain, train_paths, args.run_dir, device, progress=not args.no_progress)
+    log.info("[3/3] evaluating on the held-out val split")
+    metrics = evaluate_checkpoint(res.checkpoint, val_paths, None, device, progress=False, data_split=0.0)
+    print()
+    print("QA accuracy on the held-out val split (test mode):")
+    print(format_table({k: v for k, v in metrics.items() if "/acc/qa" in k}, "validation"))
+    print()
+    print("Concept classification (paper's Table 2), held-out val split:")
+    print(format_table({k: v for k, v in metrics.items() if "/acc/qa" not in k}, "validation"))
+    print()
+    print(f"generation {t_gen:.0f}s, training {res.seconds:.0f}s, total {time.time() - t0:.0f}s")
+    print(
+        f"checkpoint: {res.checkpoint}\nlog:        {res.run.log}\nmetrics:    {res.run.metrics}\n"
+        f"curves:     {res.run.curves}"
+    )
+    return 0
+
+
+_register("demo", "the main job: generate data, train, evaluate, print the tables", _demo_flags, "cmd_demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

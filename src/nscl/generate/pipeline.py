@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -197,7 +196,10 @@ def _complete(cfg: GenerateConfig) -> dict[str, dict[str, int]] | None:
             questions = read_json(paths[1])
         except NSCLError:
             return None
-        if scenes.get("info", {}).get("fingerprint") != cfg.fingerprint() or len(scenes.get("scenes", [])) != n:
+        if (
+            scenes.get("info", {}).get("fingerprint") != cfg.fingerprint()
+            or len(scenes.get("scenes", [])) != n
+        ):
             return None
         summary[split] = {"images": n, "questions": len(questions.get("questions", []))}
     return summary

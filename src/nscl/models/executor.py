@@ -170,13 +170,26 @@ class ProgramBatch:
                 for r, (q, t) in enumerate(members):
                     position[(q, t)] = offset + r
                 offset += k
-            groups.append(OpGroup(op, lvl, attr, torch.tensor(qs), torch.tensor([images[q] for q in qs], dtype=torch.long),
-                                  torch.tensor(xs), torch.tensor(ys), cs, torch.tensor(ps)))
+            groups.append(
+                OpGroup(
+                    op,
+                    lvl,
+                    attr,
+                    torch.tensor(qs),
+                    torch.tensor([images[q] for q in qs], dtype=torch.long),
+                    torch.tensor(xs),
+                    torch.tensor(ys),
+                    cs,
+                    torch.tensor(ps),
+                )
+            )
         kinds = torch.tensor([p.output_kind for p in programs])
         return cls(groups, torch.as_tensor(images, dtype=torch.long), kinds)
 
     def to(self, device: torch.device | str) -> ProgramBatch:
-        return ProgramBatch([g.to(device) for g in self.groups], self.image.to(device), self.output_kind.to(device))
+        return ProgramBatch(
+            [g.to(device) for g in self.groups], self.image.to(device), self.output_kind.to(device)
+        )
 
 
 # --------------------------------------------------------------------------------------------- scene tensors
@@ -375,5 +388,7 @@ class Executor:
         scalar = torch.full((Q,), float("nan"), device=device)
         if scalar_vals:
             scalar = scalar.index_put((torch.cat(scalar_rows),), torch.cat(scalar_vals).to(scalar.dtype))
-        query = {k: (torch.cat([i for i, _ in v]), torch.cat([l for _, l in v])) for k, v in query_parts.items()}
+        query = {
+            k: (torch.cat([i for i, _ in v]), torch.cat([l for _, l in v])) for k, v in query_parts.items()
+        }
         return Output(kind, scalar, query)

@@ -109,7 +109,9 @@ class QADataset:
             try:
                 prog = translate(q.program, domain)
             except NSCLError as e:
-                raise DataError(f"{split.paths.questions}: question {q.index}: the model cannot answer it: {e}") from None
+                raise DataError(
+                    f"{split.paths.questions}: question {q.index}: the model cannot answer it: {e}"
+                ) from None
             kind, value = self.kinds.of_answer(domain, q.answer)
             self.programs.append(compiler(prog))
             q_img.append(self.image_of_index[q.image_index])

@@ -82,7 +82,12 @@ def split_train_dev(ds: QADataset, fraction: float, seed: int) -> tuple[np.ndarr
     """Question ids of the train and dev parts, split by image (the release's --data-split)."""
     n_img = len(ds.scenes)
     perm = np.random.default_rng([seed, 7]).permutation(n_img)
-    n_train = n_img if fraction >= 1 else max(1, min(n_img - 1, round(n_img * fraction)))
+    if fraction >= 1:
+        n_train = n_img
+    elif fraction <= 0:
+        n_train = 0
+    else:
+        n_train = max(1, min(n_img - 1, round(n_img * fraction)))
     is_train = np.zeros(n_img, dtype=bool)
     is_train[perm[:n_train]] = True
     q = np.arange(len(ds))
@@ -158,7 +163,7 @@ def train_one_epoch(
         opt.zero_grad(set_to_none=True)
         loss.mean().backward()
         opt.step()
-        tot_loss += float(loss.sum())
+        tot_loss += float(loss.detach().sum())
         tot_ok += int(correct.sum())
         tot_n += len(qids)
         bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}", acc=f"{tot_ok / tot_n:.3f}")
@@ -376,8 +381,14 @@ def fit(
         handler.close()
 
 
-def evaluate_checkpoint(ckpt: str | Path, paths: SplitPaths, extra_paths: SplitPaths | None, device: torch.device,
-                        progress: bool = True, data_split: float | None = None) -> dict[str, float]:
+def evaluate_checkpoint(
+    ckpt: str | Path,
+    paths: SplitPaths,
+    extra_paths: SplitPaths | None,
+    device: torch.device,
+    progress: bool = True,
+    data_split: float | None = None,
+) -> dict[str, float]:
     """The release's ``--evaluate --load``: the dev part of ``paths`` as ``validation`` and the extra split as
     ``validationextra``. Everything else (config, domain) comes from the checkpoint."""
     state = load_checkpoint(ckpt)
@@ -395,5 +406,7 @@ def evaluate_checkpoint(ckpt: str | Path, paths: SplitPaths, extra_paths: SplitP
         extra_split = load_split(extra_paths, domain)
         extra_split.check_images()
         extra = QADataset(extra_split, domain, cfg.image_height, progress)
-        metrics.update(evaluate(model, extra, np.arange(len(extra)), device, "validationextra", cfg.eval_batch_size))
+        metrics.update(
+            evaluate(model, extra, np.arange(len(extra)), device, "validationextra", cfg.eval_batch_size)
+        )
     return metrics

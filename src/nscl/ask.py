@@ -1,0 +1,324 @@
+"""``nscl ask``: answer one question about one image with a trained checkpoint, showing every step.
+
+The checkpoint is an NSCL checkpoint (training/checkpoint.py) whose ``parser`` key holds the semantic parser.
+Object boxes come from a scene file (``objects[i].box`` xyxy pixels, or a COCO RLE ``mask``) or from a boxes
+JSON file (a list of ``[x0, y0, x1, y1]``, or ``{"boxes": [...]}``). The image is resized as in training: height
+``image_height`` of the checkpoint's config, width keeping the aspect ratio, boxes scaled alike.
+
+The trace runs the executor's own primitives (``models/executor.py``) node by node in test mode (quantised, as
+in evaluation): set-valued steps list each object's probability (sigmoid of its logit), object-typed inputs the
+softmax over objects that ``unique`` applies (its argmax is the object used), scalar steps their value. The
+answer is the batched executor's quantised answer; its confidence is the model's probability of that answer:
+sigmoid of the yes/no logit, the softmax probability of the queried concept, or for counts and count
+comparisons the exact probability under independent per-object probabilities (Poisson binomial).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .data import Box, parse_scene
+from .domain import OBJECT, Domain
+from .errors import DataError, NSCLError
+from .io import read_json
+from .models.executor import SCALAR_OPS, SET_OPS, AnswerKinds, Args, Compiler, SceneLogits, unique
+from .program import Program
+
+SHOWN = 5  # objects listed per step in format_trace (all of them in to_json)
+
+
+@dataclass
+class TraceObject:
+    """One object of a step: its index in the scene, its box (xyxy pixels of the given image) and its
+    probability in the step's set (or, for an object input, under the softmax)."""
+
+    index: int
+    box: list[float]
+    prob: float
+
+
+@dataclass
+class TraceStep:
+    """One program node: ``objects`` (set-valued steps, every object, by index), ``inputs_objects`` (the
+    softmax distribution of each object-typed input), ``value`` (scalar steps: yes/no, a count, a concept)
+    and ``distribution`` (query: concept -> probability)."""
+
+    node: int
+    op: str
+    inputs: list[int]
+    concepts: list[str] = field(default_factory=list)
+    attribute: str | None = None
+    objects: list[TraceObject] | None = None
+    input_objects: list[list[TraceObject]] = field(default_factory=list)
+    value: str | None = None
+    distribution: dict[str, float] | None = None
+
+    def describe(self) -> str:
+        args = [f"[{j}]" for j in self.inputs]
+        if self.attribute is not None:
+            args.insert(0, self.attribute)
+        if self.op == "filter":
+            args.append("[" + ", ".join(self.concepts) + "]")
+        elif self.concepts:
+            args.append(", ".join(self.concepts))
+        return f"{self.op}({', '.join(args)})"
+
+
+@dataclass
+class AskResult:
+    question: str
+    program: str  # readable form, Program.to_str()
+    program_nscl: list[dict]  # Program.to_json()
+    steps: list[TraceStep]
+    answer: str
+    confidence: float
+    boxes: list[list[float]]  # every object's box, xyxy pixels of the given image
+
+    def format_trace(self, shown: int = SHOWN) -> str:
+        """A human-readable account: the program, each step with its most likely objects, the answer."""
+
+        def objs(items: Sequence[TraceObject]) -> str:
+            top = sorted(items, key=lambda o: -o.prob)
+            text = ", ".join(f"#{o.index} {o.prob:.2f}" for o in top[:shown])
+            return text + (f", ... ({len(top) - shown} more)" if len(top) > shown else "")
+
+        lines = [f"Question: {self.question}", f"Program:  {self.program}", "Objects:"]
+        for i, b in enumerate(self.boxes):
+            lines.append(f"  #{i} box [{', '.join(f'{v:.0f}' for v in b)}]")
+        lines.append("Steps:")
+        for s in self.steps:
+            head = f"  [{s.node}] {s.describe()}"
+            parts = []
+            for k, inp in enumerate(s.input_objects):
+                chosen = max(inp, key=lambda o: o.prob)
+                parts.append(f"input {k} is object #{chosen.index} ({objs(inp)})")
+            if s.objects is not None:
+                parts.append(f"selects {objs(s.objects)}")
+            if s.value is not None:
+                v = f"-> {s.value}"
+                if s.distribution:
+                    top = sorted(s.distribution.items(), key=lambda kv: -kv[1])[:shown]
+                    v += " (" + ", ".join(f"{c} {p:.2f}" for c, p in top) + ")"
+                parts.append(v)
+            lines.append(head + (": " + "; ".join(parts) if parts else ""))
+        lines.append(f"Answer: {self.answer} (confidence {self.confidence:.2f})")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------- inputs
+def read_boxes(
+    image_path: str | Path, domain: Domain, scene_json: str | Path | None = None, index: int | None = None,
+    boxes_json: str | Path | None = None,
+) -> list[Box]:
+    """Object boxes in pixels of the given image, from a scene file or a boxes file.
+
+    ``scene_json``: a scenes.json (``{"scenes": [...]}``), a list of scenes or one scene; the scene is the one
+    whose ``image_index`` is ``index``, else the only one, else the one whose ``image_filename`` is the
+    image's file name."""
+    if (scene_json is None) == (boxes_json is None):
+        raise NSCLError("give object boxes with exactly one of a scene file (--scene-json) or a boxes file "
+                        "(--boxes-json)")
+    if boxes_json is not None:
+        data = read_json(boxes_json)
+        if isinstance(data, dict):
+            data = data.get("boxes")
+        if not isinstance(data, list) or not data:
+            raise DataError(f"{boxes_json}: expected a non-empty list of [x0, y0, x1, y1] boxes")
+        boxes = []
+        for i, b in enumerate(data):
+            if not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)):
+                raise DataError(f"{boxes_json}: box {i}: expected [x0, y0, x1, y1] in pixels")
+            box = Box(*(float(v) for v in b))
+            if not (box.x1 > box.x0 and box.y1 > box.y0):
+                raise DataError(f"{boxes_json}: box {i}: empty box {b}")
+            boxes.append(box)
+        return boxes
+    data = read_json(scene_json)  # type: ignore[arg-type]
+    scenes = data.get("scenes", data) if isinstance(data, dict) else data
+    if isinstance(scenes, dict):
+        scenes = [scenes]
+    if not isinstance(scenes, list) or not scenes:
+        raise DataError(f"{scene_json}: expected a scenes file, a list of scenes or one scene")
+    pos = None
+    if index is not None:
+        found = [k for k, s in enumerate(scenes) if isinstance(s, dict) and s.get("image_index") == index]
+        if not found:
+            raise DataError(f"{scene_json}: no scene with image_index {index}")
+        pos = found[0]
+    elif len(scenes) == 1:
+        pos = 0
+    else:
+        name = Path(image_path).name
+        found = [k for k, s in enumerate(scenes) if isinstance(s, dict) and s.get("image_filename") == name]
+        if len(found) != 1:
+            raise DataError(f"{scene_json}: {len(scenes)} scenes and none (or several) for image {name!r}; "
+                            "give --index IMAGE_INDEX")
+        pos = found[0]
+    scene = parse_scene(scenes[pos], domain, str(scene_json), pos)
+    return scene.boxes
+
+
+def prepare_image(image_path: str | Path, boxes: Sequence[Box], height: int) -> tuple[Tensor, Tensor]:
+    """(Tensor[1, 3, H, W] uint8, Tensor[1, N, 4] boxes) resized like training: height ``height``, the
+    image's own aspect ratio, boxes scaled by the same factors."""
+    from PIL import Image, UnidentifiedImageError
+
+    from .training.data import load_image
+
+    try:
+        with Image.open(image_path) as im:
+            w0, h0 = im.size
+    except FileNotFoundError:
+        raise DataError(f"{image_path}: missing image file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{image_path}: cannot decode image ({e})") from None
+    width = round(w0 * height / h0)
+    img = torch.from_numpy(load_image(image_path, height, width)).permute(2, 0, 1).contiguous()[None]
+    sx, sy = width / w0, height / h0
+    b = torch.tensor([x.as_list() for x in boxes], dtype=torch.float32) * torch.tensor([sx, sy, sx, sy])
+    return img, b[None]
+
+
+# --------------------------------------------------------------------------------------------- trace
+def _poisson_binomial(p: Tensor) -> Tensor:
+    """Distribution (Tensor[n + 1]) of the number of successes of independent events with probabilities p."""
+    dist = torch.ones(1, dtype=torch.float64)
+    for q in p.double().tolist():
+        dist = torch.cat([dist * (1 - q), torch.zeros(1, dtype=torch.float64)]) + torch.cat(
+            [torch.zeros(1, dtype=torch.float64), dist * q])
+    return dist
+
+
+def trace_program(
+    program: Program, scene: SceneLogits, domain: Domain, boxes: Sequence[Box], quantize: bool = True
+) -> tuple[list[TraceStep], str, float]:
+    """Run ``program`` node by node on a one-image ``scene``; returns the steps, the answer and its
+    confidence."""
+    compiler = Compiler(domain)
+    code = compiler(program)
+    mask = scene.mask[0]  # (N,)
+    n = int(mask.sum())
+    box_list = [b.as_list() for b in boxes]
+    img = torch.zeros(1, dtype=torch.long, device=mask.device)
+    outs: dict[int, Tensor] = {}  # node -> set logits (N,)
+    steps: list[TraceStep] = []
+    answer, confidence = "", 0.0
+
+    def objects(probs: Tensor) -> list[TraceObject]:
+        return [TraceObject(i, box_list[i], float(probs[i])) for i in range(n)]
+
+    for t, node in enumerate(program.nodes):
+        sig = domain.nscl_ops[node.op]
+        x = outs[node.inputs[0]][None] if len(node.inputs) > 0 else None
+        y = outs[node.inputs[1]][None] if len(node.inputs) > 1 else None
+        K = max(1, len(code.concepts[t]))
+        concepts = torch.full((1, K), -1, dtype=torch.long, device=mask.device)
+        if code.concepts[t]:
+            concepts[0, : len(code.concepts[t])] = torch.tensor(code.concepts[t])
+        param = torch.tensor([code.params[t]], device=mask.device)
+        args = Args(scene, img, x, y, concepts, param, quantize)
+        step = TraceStep(t, node.op, list(node.inputs), list(node.concepts), node.attribute)
+        for k, t_in in enumerate(sig.inputs):
+            if t_in == OBJECT:
+                xin = outs[node.inputs[k]][None]
+                soft = unique(xin, mask[None], False)[0]
+                step.input_objects.append(objects(soft))
+        if node.op in SET_OPS:
+            out = SET_OPS[node.op](args)[0]  # (N,)
+            outs[t] = out
+            step.objects = objects(torch.sigmoid(out))
+        elif node.op in SCALAR_OPS:
+            v = SCALAR_OPS[node.op](args)[0]
+            if node.op == "count":
+                counts = _poisson_binomial(torch.sigmoid(x[0, :n]))  # type: ignore[index]
+                c = int(round(float(v)))
+                answer, confidence = str(c), float(counts[c]) if c < len(counts) else 0.0
+            elif node.op in ("count_equal", "count_less", "count_greater"):
+                a = _poisson_binomial(torch.sigmoid(x[0, :n]))  # type: ignore[index]
+                b = _poisson_binomial(torch.sigmoid(y[0, :n]))  # type: ignore[index]
+                joint = a[:, None] * b[None, :]
+                i, j = torch.meshgrid(torch.arange(len(a)), torch.arange(len(b)), indexing="ij")
+                rel = {"count_equal": i == j, "count_less": i < j, "count_greater": i > j}[node.op]
+                p_yes = float(joint[rel].sum())
+                yes = bool(v > 0)
+                answer, confidence = ("yes" if yes else "no"), (p_yes if yes else 1 - p_yes)
+            else:  # exist, query_attribute_equal: a yes/no logit
+                p_yes = float(torch.sigmoid(v))
+                yes = bool(v > 0)
+                answer, confidence = ("yes" if yes else "no"), (p_yes if yes else 1 - p_yes)
+            step.value = answer
+        else:  # query
+            p = unique(x, mask[None], quantize)  # type: ignore[arg-type]
+            logits = torch.einsum("kn,knc->kc", p, scene.query[node.attribute][img])[0]  # type: ignore[index]
+            probs = torch.softmax(logits, -1)
+            concepts_a = domain.attribute(node.attribute).concepts  # type: ignore[arg-type]
+            k = int(probs.argmax())
+            answer, confidence = concepts_a[k], float(probs[k])
+            step.value = answer
+            step.distribution = {c: float(q) for c, q in zip(concepts_a, probs)}
+        steps.append(step)
+    return steps, answer, confidence
+
+
+# --------------------------------------------------------------------------------------------- ask
+@torch.no_grad()
+def ask(
+    checkpoint_path: str | Path,
+    image_path: str | Path,
+    question: str,
+    scene_json: str | Path | None = None,
+    index: int | None = None,
+    boxes_json: str | Path | None = None,
+    beam_size: int = 1,
+    device: str | torch.device = "cpu",
+) -> AskResult:
+    """Parse ``question``, perceive the image's objects and execute the program step by step."""
+    from .models.parser import parser_from_state
+    from .training.checkpoint import load_checkpoint
+    from .training.parser_training import run_programs
+    from .training.trainer import model_from_checkpoint
+
+    state = load_checkpoint(checkpoint_path)
+    if state.get("model") is None:
+        raise NSCLError(f"{checkpoint_path}: the checkpoint holds no trained NSCL model")
+    if not state.get("parser"):
+        raise NSCLError(f"{checkpoint_path}: the checkpoint holds no parser (train one with "
+                        "nscl train --training-target parser --load THIS_CHECKPOINT)")
+    model, cfg, domain = model_from_checkpoint(state, str(checkpoint_path))
+    model.to(device).eval()
+    parser = parser_from_state(state["parser"], domain, str(checkpoint_path)).to(device)
+    program = parser.parse([question], beam_size)[0]
+    boxes = read_boxes(image_path, domain, scene_json, index, boxes_json)
+    images, scaled = prepare_image(image_path, boxes, cfg.image_height)
+    mask = torch.ones(1, len(boxes), dtype=torch.bool)
+    scene = model.perceive(images.to(device), scaled.to(device), mask.to(device))
+    steps, _, confidence = trace_program(program, scene, domain, boxes, quantize=True)
+    # The answer is the batched executor's (as in evaluation); the trace uses the same primitives.
+    out, _ = run_programs([program], [0], scene, domain, True)
+    answer = _decode_answer(out, domain)
+    return AskResult(question, program.to_str(), program.to_json(), steps, answer, confidence,
+                     [b.as_list() for b in boxes])
+
+
+def _decode_answer(out, domain: Domain) -> str:  # noqa: ANN001
+    kinds = AnswerKinds(domain)
+    kind = int(out.kind[0])
+    if kind == 0:
+        return kinds.decode(domain, 0, int(out.scalar[0] > 0))
+    if kind == 1:
+        return kinds.decode(domain, 1, int(round(float(out.scalar[0]))))
+    _, logits = out.query[kind]
+    return kinds.decode(domain, kind, int(logits[0].argmax()))
+
+
+def result_json(result: AskResult) -> str:
+    return json.dumps(result.to_json(), indent=1)

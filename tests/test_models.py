@@ -1,0 +1,286 @@
+"""NS-CL model: perception shapes, RoI pooling against a per-box reference, gradient flow, QA losses, and a
+tiny batch that must be learnt perfectly."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+from nscl.losses import MISMATCH_LOSS, Targets, qa_loss
+from nscl.models.concepts import ConceptConfig
+from nscl.models.executor import Output
+from nscl.models.nscl import NSCL, ModelConfig
+from nscl.models.perception import Perception, PerceptionConfig, SceneFeatures, box_geometry
+from nscl.program import translate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = PerceptionConfig(backbone="small", width=8, feature_dim=64, pair_dim=32)
+
+
+def small_model(domain, seed: int = 0, **concepts) -> NSCL:
+    torch.manual_seed(seed)
+    return NSCL(domain, ModelConfig(SMALL, ConceptConfig(**concepts)))
+
+
+def random_inputs(B: int, H: int, W: int, counts: list[int], seed: int = 0):
+    """uint8 images, random xyxy boxes inside the image (zero at padding) and the mask."""
+    g = torch.Generator().manual_seed(seed)
+    N = max(counts)
+    images = torch.randint(0, 256, (B, 3, H, W), dtype=torch.uint8, generator=g)
+    boxes = torch.zeros(B, N, 4)
+    mask = torch.zeros(B, N, dtype=torch.bool)
+    for b, n in enumerate(counts):
+        x0 = torch.rand(n, generator=g) * W * 0.6
+        y0 = torch.rand(n, generator=g) * H * 0.6
+        w = 4 + torch.rand(n, generator=g) * W * 0.3
+        h = 4 + torch.rand(n, generator=g) * H * 0.3
+        boxes[b, :n] = torch.stack([x0, y0, (x0 + w).clamp(max=W), (y0 + h).clamp(max=H)], -1)
+        mask[b, :n] = True
+    return images, boxes, mask
+
+
+# --------------------------------------------------------------------------------------------- shapes
+@pytest.mark.parametrize(
+    ("backbone", "H", "W"),
+    [("small", 48, 64), ("resnet34", 64, 96)],
+)
+def test_perception_and_scene_logit_shapes(domain, backbone, H, W):
+    cfg = PerceptionConfig(backbone=backbone, width=8, feature_dim=32, pair_dim=16)
+    torch.manual_seed(0)
+    model = NSCL(domain, ModelConfig(cfg, ConceptConfig())).eval()
+    B, N, counts = 2, 4, [4, 2]
+    images, boxes, mask = random_inputs(B, H, W, counts)
+    with torch.no_grad():
+        feats = model.perception(images, boxes, mask)
+        scene = model.scene_logits(feats)
+        feats_float = model.perception(images.float() / 255.0, boxes, mask)
+    assert isinstance(feats, SceneFeatures)
+    assert feats.objects.shape == (B, N, 32)
+    assert feats.pairs.shape == (B, N, N, 16)
+    assert torch.equal(feats.mask, mask)
+    # padded objects are exactly zero, real ones L2-normalised
+    assert torch.all(feats.objects[~mask] == 0)
+    torch.testing.assert_close(feats.objects[mask].norm(dim=-1), torch.ones(int(mask.sum())))
+    assert torch.isfinite(feats.pairs).all()
+    # uint8 and float [0, 1] inputs are the same image
+    torch.testing.assert_close(feats_float.objects, feats.objects, atol=1e-5, rtol=1e-5)
+
+    C, A, R = len(domain.object_concepts), len(domain.attributes), len(domain.relation_concepts)
+    assert scene.concept.shape == (B, N, C)
+    assert set(scene.query) == set(domain.attribute_names)
+    for a in domain.attributes:
+        assert scene.query[a.name].shape == (B, N, len(a.concepts)), a.name
+    assert scene.same.shape == (B, A, N, N)
+    assert scene.relation.shape == (B, R, N, N)
+    assert torch.equal(scene.mask, mask)
+    # an object is never "the other object" with the same attribute, nor related to itself
+    eye = torch.eye(N, dtype=torch.bool)
+    assert torch.all(scene.same[..., eye] == -10)
+    assert torch.all(scene.relation[..., eye] == -10)
+
+
+def test_unknown_backbone_is_rejected(domain):
+    with pytest.raises(ValueError, match="backbone"):
+        Perception(PerceptionConfig(backbone="vgg"))
+
+
+# --------------------------------------------------------------------------------------------- RoI pooling
+def naive_features(p: Perception, images: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor):
+    """Per image and per box: the trunk on one image, roi_align on one box, then the same heads."""
+    B, N = mask.shape
+    H, W = images.shape[-2:]
+    k = p.cfg.pool_size
+    objects = torch.zeros(B, N, p.cfg.feature_dim)
+    pairs = {}
+    for b in range(B):
+        x = (images[b : b + 1].float() / 255.0 - p.mean) / p.std
+        fmap = p.trunk(x)
+        ctx = F.relu(p.context(fmap)).mean(dim=(2, 3))[0]
+        for i in range(N):
+            if not mask[b, i]:
+                continue
+            pooled = roi_align(
+                fmap, [boxes[b, i : i + 1]], k, spatial_scale=1.0 / p.trunk.stride, sampling_ratio=2, aligned=True
+            )
+            pooled = F.relu(p.roi_reduce(pooled)).flatten()
+            geom = box_geometry(boxes[b, i], H, W)
+            objects[b, i] = F.normalize(p.object_fc(torch.cat([pooled, ctx, geom])), dim=0)
+        for i in range(N):
+            for j in range(N):
+                if mask[b, i] and mask[b, j]:
+                    gi, gj = box_geometry(boxes[b, i], H, W), box_geometry(boxes[b, j], H, W)
+                    parts = [p.pair_in(objects[b, i]), p.pair_in(objects[b, j]), gi, gj, gj - gi]
+                    pairs[b, i, j] = p.pair_fc(torch.cat(parts))
+    return objects, pairs
+
+
+def test_roi_features_match_per_box_reference(domain, gen_dataset):
+    model = small_model(domain).eval()
+    ids = np.array([0, 1, 2])
+    images, boxes, mask = gen_dataset.scene_batch(ids)
+    assert not mask.all(), "want images with different object counts"
+    with torch.no_grad():
+        feats = model.perception(images, boxes, mask)
+        ref_obj, ref_pairs = naive_features(model.perception, images, boxes, mask)
+    torch.testing.assert_close(feats.objects, ref_obj, atol=1e-5, rtol=0)
+    for (b, i, j), v in ref_pairs.items():
+        torch.testing.assert_close(feats.pairs[b, i, j], v, atol=1e-5, rtol=0, msg=f"pair {(b, i, j)}")
+
+
+def test_features_do_not_depend_on_batch_companions(domain, gen_dataset):
+    """In eval mode an image's features are the same alone and in a batch with a larger scene."""
+    model = small_model(domain).eval()
+    with torch.no_grad():
+        both = model.perception(*gen_dataset.scene_batch(np.array([0, 1])))
+        alone = model.perception(*gen_dataset.scene_batch(np.array([1])))
+    n = int(alone.mask.sum())
+    torch.testing.assert_close(both.objects[1, :n], alone.objects[0, :n], atol=1e-5, rtol=0)
+    torch.testing.assert_close(both.pairs[1, :n, :n], alone.pairs[0, :n, :n], atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------- gradients
+def test_gradient_reaches_every_parameter(domain, gen_dataset, gen_split):
+    ds = gen_dataset
+    qids = np.nonzero(ds.q_image < 5)[0]
+    # The batch must exercise every path: relations, same-attribute, and each attribute's query.
+    ops = Counter()
+    for i in qids:
+        for n in translate(gen_split.questions[ds.q_index[i]].program, domain).nodes:
+            ops[n.op] += 1
+            if n.op == "query":
+                ops["query_" + n.attribute] += 1
+    needed = ["relate", "count", "exist"] + [f"query_{a}" for a in domain.attribute_names]
+    assert all(ops[o] for o in needed), f"batch lacks some ops: {ops}"
+    assert ops["relate_attribute_equal"] + ops["query_attribute_equal"] > 0
+    assert {"count", "exist", "query"} <= set(ds.qtypes[i] for i in qids)
+
+    model = small_model(domain).train()
+    batch = ds.make_batch(qids)
+    out, _ = model(batch.images, batch.boxes, batch.mask, batch.programs)
+    loss, _, _ = qa_loss(out, Targets(batch.kind, batch.value))
+    assert torch.isfinite(loss).all()
+    loss.mean().backward()
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert len(params) > 20
+    missing = [n for n, p in params if p.grad is None]
+    zero = [n for n, p in params if p.grad is not None and not p.grad.abs().sum() > 0]
+    bad = [n for n, p in params if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not missing, f"no gradient: {missing}"
+    assert not zero, f"zero gradient: {zero}"
+    assert not bad, f"non-finite gradient: {bad}"
+
+
+def test_known_belong_is_not_a_parameter(domain):
+    model = small_model(domain, known_belong=True)
+    names = [n for n, _ in model.named_parameters()]
+    assert not any("belong" in n for n in names)
+    lb = model.concepts.log_belong()
+    owner = model.concepts.owner
+    assert torch.equal(lb.argmax(-1), owner)
+
+
+# --------------------------------------------------------------------------------------------- losses
+def _output(kind, scalar, query=None) -> Output:
+    return Output(torch.tensor(kind), torch.tensor(scalar, dtype=torch.float32), query or {})
+
+
+def test_qa_loss_by_hand():
+    # questions: 0 yes/no (yes), 1 yes/no (no), 2 count 3, 3 count 1, 4 attribute 2 (color) value 0,
+    # 5 attribute 3 value 2, 6 a count program for a yes/no question (mismatch)
+    out = _output(
+        [0, 0, 1, 1, 2, 3, 1],
+        [2.0, 0.5, 2.7, 1.6, float("nan"), float("nan"), 1.0],
+        {
+            2: (torch.tensor([4]), torch.tensor([[1.0, 2.0, 0.0]])),
+            3: (torch.tensor([5]), torch.tensor([[0.0, -1.0, 3.0, 0.5]])),
+        },
+    )
+    tgt = Targets(torch.tensor([0, 0, 1, 1, 2, 3, 0]), torch.tensor([1, 0, 3, 1, 0, 2, 1]))
+    loss, correct, pred = qa_loss(out, tgt)
+    lse1 = math.log(math.exp(1) + math.exp(2) + math.exp(0))
+    lse2 = math.log(1 + math.exp(-1) + math.exp(3) + math.exp(0.5))
+    expected = [
+        math.log1p(math.exp(-2.0)),  # BCE(2, 1)
+        math.log1p(math.exp(0.5)),  # BCE(0.5, 0)
+        0.3,  # |2.7 - 3|
+        0.6,  # |1.6 - 1|
+        lse1 - 1.0,  # CE, target 0
+        lse2 - 3.0,  # CE, target 2
+        MISMATCH_LOSS,
+    ]
+    torch.testing.assert_close(loss, torch.tensor(expected), atol=1e-5, rtol=1e-5)
+    assert MISMATCH_LOSS == 10
+    assert correct.tolist() == [True, False, True, False, False, True, False]
+    assert pred.tolist() == [1, 1, 3, 2, 1, 2, -1]
+
+
+def test_qa_loss_attribute_mismatch_and_no_answer():
+    # program queries color (kind 2) but the answer is a shape (kind 4); another produced no answer (-1)
+    out = _output([2, -1], [float("nan"), float("nan")], {2: (torch.tensor([0]), torch.tensor([[5.0, 0.0]]))})
+    tgt = Targets(torch.tensor([4, 0]), torch.tensor([0, 1]))
+    loss, correct, pred = qa_loss(out, tgt)
+    assert loss.tolist() == [MISMATCH_LOSS, MISMATCH_LOSS]
+    assert correct.tolist() == [False, False]
+    assert pred.tolist() == [-1, -1]
+
+
+def test_qa_loss_gradient_flows_to_logits():
+    logit = torch.tensor([0.3], requires_grad=True)
+    count = torch.tensor([1.2], requires_grad=True)
+    q = torch.tensor([[0.1, 0.2]], requires_grad=True)
+    scalar = torch.cat([logit, count, torch.tensor([float("nan")])])
+    out = Output(torch.tensor([0, 1, 2]), scalar, {2: (torch.tensor([2]), q)})
+    loss, _, _ = qa_loss(out, Targets(torch.tensor([0, 1, 2]), torch.tensor([1, 2, 1])))
+    loss.sum().backward()
+    torch.testing.assert_close(logit.grad, torch.sigmoid(torch.tensor([0.3])) - 1)
+    torch.testing.assert_close(count.grad, torch.tensor([-1.0]))
+    torch.testing.assert_close(q.grad, torch.softmax(torch.tensor([[0.1, 0.2]]), -1) - torch.tensor([[0.0, 1.0]]))
+
+
+# --------------------------------------------------------------------------------------------- overfitting
+# A tiny batch (3 images, 30 questions) trained with Adam. Train-mode (soft) answers reach 100% reliably; the
+# quantised answers do not: after the soft loss has flattened out (concept logits are bounded by 4, so soft sets
+# never become one-hot) 0-3 of 30 quantised answers stay wrong depending on the seed, always comparisons of fuzzy
+# sets (count_equal/less/greater, query_attribute_equal). known_belong=True helps a little. Hence >= 90%.
+OVERFIT_IMAGES = 3
+OVERFIT_STEPS = 300
+OVERFIT_LR = 3e-3
+OVERFIT_SEED = 0
+
+
+@pytest.mark.slow
+def test_tiny_batch_is_learnt(domain, gen_dataset):
+    ds = gen_dataset
+    qids = np.nonzero(ds.q_image < OVERFIT_IMAGES)[0]
+    assert len(qids) == 10 * OVERFIT_IMAGES
+    batch = ds.make_batch(qids)
+    tgt = Targets(batch.kind, batch.value)
+    model = small_model(domain, seed=OVERFIT_SEED, known_belong=True)
+    opt = torch.optim.Adam(model.parameters(), lr=OVERFIT_LR)
+    losses = []
+    model.train()
+    for _ in range(OVERFIT_STEPS):
+        out, _ = model(batch.images, batch.boxes, batch.mask, batch.programs)
+        loss, _, _ = qa_loss(out, tgt)
+        opt.zero_grad()
+        loss.mean().backward()
+        opt.step()
+        losses.append(float(loss.detach().mean()))
+    model.eval()
+    with torch.no_grad():
+        soft, _ = model(batch.images, batch.boxes, batch.mask, batch.programs)
+        hard, _ = model(batch.images, batch.boxes, batch.mask, batch.programs, quantize=True)
+    _, soft_ok, _ = qa_loss(soft, tgt)
+    _, hard_ok, _ = qa_loss(hard, tgt)
+    assert losses[-1] < 0.05 * losses[0], (losses[0], losses[-1])
+    wrong_soft = [ds.qtypes[qids[i]] for i in (~soft_ok).nonzero()[:, 0].tolist()]
+    wrong_hard = [ds.qtypes[qids[i]] for i in (~hard_ok).nonzero()[:, 0].tolist()]
+    assert not wrong_soft, f"train-mode answers still wrong: {wrong_soft}"
+    assert float(hard_ok.float().mean()) >= 0.9, f"quantised answers wrong: {wrong_hard}"

@@ -1,0 +1,328 @@
+"""The semantic parser: lexicon, typed decoding, pointer generalisation, training, evaluation, file parsing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nscl.data import read_questions
+from nscl.domain import Domain
+from nscl.errors import NSCLError
+from nscl.models.executor import Compiler
+from nscl.models.parser import (
+    Grammar,
+    Lexicon,
+    ParseError,
+    Parser,
+    ParserConfig,
+    parser_from_state,
+    parser_state,
+    program_from_str,
+)
+from nscl.program import Program, translate
+from nscl.training.checkpoint import save_checkpoint
+from nscl.training.parser_training import (
+    OracleScenes,
+    ParserExample,
+    ParserTrainConfig,
+    evaluate_parser,
+    examples_from_questions,
+    joint_step,
+    load_parser,
+    make_joint_batch,
+    MovingAverage,
+    nscl_to_clevr,
+    parse_questions_file,
+    stratified_subset,
+    train_parser_on_pairs,
+    train_reinforce,
+)
+from nscl.vocab import Vocab, tokenize
+
+TINY = ParserConfig(embedding_dim=16, hidden_dim=32, dropout=0.0, max_length=40)
+TINY_TRAIN = ParserTrainConfig(epochs=60, batch_size=16, lr=1e-2, model=TINY)
+
+# A small hand-written language. "cube" only ever names the *reference* object of a relation here.
+TRAIN_PAIRS = [
+    ("How many red spheres are there?", "count(filter(scene(), [red, sphere]))"),
+    ("How many blue cylinders are there?", "count(filter(scene(), [blue, cylinder]))"),
+    ("How many green things are there?", "count(filter(scene(), [green]))"),
+    ("How many things are there?", "count(scene())"),
+    ("Is there a small sphere?", "exist(filter(scene(), [small, sphere]))"),
+    ("Is there a large red cylinder?", "exist(filter(scene(), [large, red, cylinder]))"),
+    ("Is there a metal thing?", "exist(filter(scene(), [metal]))"),
+    ("What color is the sphere left of the cube?",
+     "query(color, filter(relate(filter(scene(), [cube]), left), [sphere]))"),
+    ("What shape is the red thing behind the cube?",
+     "query(shape, filter(relate(filter(scene(), [cube]), behind), [red]))"),
+    ("What size is the cylinder right of the blue cube?",
+     "query(size, filter(relate(filter(scene(), [blue, cube]), right), [cylinder]))"),
+    ("What material is the green sphere in front of the cube?",
+     "query(material, filter(relate(filter(scene(), [cube]), front), [green, sphere]))"),
+    ("What color is the large cylinder?", "query(color, filter(scene(), [large, cylinder]))"),
+    ("What shape is the small metal thing?", "query(shape, filter(scene(), [small, metal]))"),
+    ("Are there more spheres than cylinders?",
+     "count_greater(filter(scene(), [sphere]), filter(scene(), [cylinder]))"),
+    ("Are there fewer red things than blue things?",
+     "count_less(filter(scene(), [red]), filter(scene(), [blue]))"),
+    ("Is the sphere the same color as the cylinder?",
+     "query_attribute_equal(color, filter(scene(), [sphere]), filter(scene(), [cylinder]))"),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_parser(domain: Domain) -> Parser:
+    progs = [program_from_str(p, domain) for _, p in TRAIN_PAIRS]
+    return train_parser_on_pairs(domain, [q for q, _ in TRAIN_PAIRS], progs, TINY_TRAIN, seed=0)
+
+
+# --------------------------------------------------------------------------------------------- lexicon
+def test_lexicon_maps_synonyms_and_attribute_words(domain: Domain) -> None:
+    lex = Lexicon.build(domain)
+    assert lex.concepts["ball"] == "sphere" and lex.concepts["balls"] == "sphere"
+    assert lex.concepts["shiny"] == "metal" and lex.concepts["block"] == "cube"
+    assert lex.concepts["big"] == "large" and lex.attributes["big"] == "size"
+    assert lex.relations["left"] == "left" and lex.relations["back"] == "behind"
+    assert lex.attributes["colour"] == "color" and lex.attributes["made"] == "material"
+    assert Lexicon.from_json(json.loads(json.dumps(lex.to_json()))) == lex
+
+
+def test_program_from_str_round_trips(domain: Domain) -> None:
+    for _, text in TRAIN_PAIRS:
+        assert program_from_str(text, domain).to_str() == text
+    with pytest.raises(NSCLError):
+        program_from_str("count(filter(scene(), [dog]))", domain)
+
+
+# --------------------------------------------------------------------------------------------- shapes
+def test_encoder_decoder_shapes(domain: Domain) -> None:
+    vocab = Vocab.build(q for q, _ in TRAIN_PAIRS)
+    parser = Parser(domain, vocab, TINY)
+    enc_q, errors = parser.encode_questions(["How many red spheres are there?", "Is there a cube?"])
+    assert errors == [None, None]
+    B, T = enc_q.ids.shape
+    assert (B, T) == (2, 7)
+    enc, pad, h = parser.encode(enc_q.ids, enc_q.lengths)
+    D = 2 * TINY.hidden_dim
+    assert enc.shape == (B, T, D) and pad.shape == (B, T) and h.shape == (B, D)
+    assert pad.sum(1).tolist() == [7, 5]
+    F = parser.grammar.num_fixed
+    assert F == len(domain.nscl_ops) + 1
+    ctx = torch.zeros(B, D)
+    h2, ctx2, logits = parser.step(h, ctx, parser._start(B, h.device), torch.zeros(B, dtype=torch.long), enc,
+                                   parser.ptr_key(enc), pad)
+    assert h2.shape == (B, D) and ctx2.shape == (B, D) and logits.shape == (B, F + T)
+
+
+def test_teacher_forcing_targets_decode_to_the_program(domain: Domain, gen_split) -> None:
+    """Every generated question's target sequence is well typed and reads back as its program."""
+    parser = Parser(domain, Vocab.build(q.question for q in gen_split.questions), TINY)
+    g = parser.grammar
+    longest = 0
+    for q in gen_split.questions:
+        prog = translate(q.program, domain)
+        info = g.question_info(tokenize(q.question), parser.lexicon)
+        slots, masks, targets = g.target(prog, info, 64)
+        assert (targets <= masks).all() and targets.any(1).all()
+        actions = [int(np.nonzero(t)[0][0]) for t in targets]
+        assert g.to_program(actions, info).canonical() == prog.canonical()
+        longest = max(longest, len(actions))
+    assert longest <= 40
+
+
+# --------------------------------------------------------------------------------------------- typing
+WORDS = sorted({w for q, _ in TRAIN_PAIRS for w in tokenize(q)} | {"ball", "shiny", "colour", "left", "big"})
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), words=st.lists(st.sampled_from(WORDS), min_size=1, max_size=12))
+def test_decoding_only_emits_well_typed_programs(domain: Domain, seed: int, words: list[str]) -> None:
+    """Random weights, random questions: greedy, sampled and beam programs all validate (or the question
+    is refused with a message)."""
+    torch.manual_seed(seed)
+    parser = Parser(domain, Vocab.build(WORDS), ParserConfig(embedding_dim=8, hidden_dim=8, max_length=30))
+    parser.eval()
+    question = " ".join(words)
+    enc_q, errors = parser.encode_questions([question])
+    with torch.no_grad():
+        results = [parser.decode(enc_q, "greedy", errors=errors), parser.decode(enc_q.repeat(3), "sample")]
+    programs = [p for r in results for p in r.programs]
+    errs = [e for r in results for e in r.errors]
+    programs += parser.parse_many([question], beam_size=3)[0]
+    for p, e in zip(programs, errs + [None]):
+        if p is None:
+            assert e is not None or programs[-1] is None
+            continue
+        p.validate(domain)
+        Compiler(domain)(p)  # the executor accepts it too
+        assert len(p) <= 30
+
+
+def test_unknown_word_names_the_word(tiny_parser: Parser) -> None:
+    with pytest.raises(NSCLError, match="unknown word 'dog'"):
+        tiny_parser.parse(["What color is the dog?"])
+    programs, errors = tiny_parser.parse_many(["What color is the dog?", "How many red spheres are there?"])
+    assert programs[0] is None and "dog" in errors[0] and programs[1] is not None
+    # Lexicon words never seen in training are known: "ball" is a sphere.
+    assert tiny_parser.parse(["How many red balls are there?"])[0].to_str() == \
+        "count(filter(scene(), [red, sphere]))"
+
+
+def test_missing_pointer_target_is_an_error(tiny_parser: Parser) -> None:
+    """The parser wants query(<attribute>, ...) but the question names no attribute: a clear error, not a
+    silently different program."""
+    with pytest.raises(ParseError, match="attribute"):
+        tiny_parser.parse(["What is the sphere left of the cube?"])
+
+
+# --------------------------------------------------------------------------------------------- learning
+def test_tiny_supervised_run_fits_its_training_set(tiny_parser: Parser, domain: Domain) -> None:
+    predicted = tiny_parser.parse([q for q, _ in TRAIN_PAIRS])
+    for (q, text), p in zip(TRAIN_PAIRS, predicted):
+        assert p.canonical() == program_from_str(text, domain).canonical(), q
+    beam = tiny_parser.parse([q for q, _ in TRAIN_PAIRS], beam_size=3)
+    assert [p.canonical() for p in beam] == [p.canonical() for p in predicted]
+
+
+def test_pointer_copies_a_concept_into_an_unseen_role(tiny_parser: Parser, domain: Domain) -> None:
+    """"cube" was only ever the reference object of a relation; here it is the queried one (and a synonym
+    never seen at all, "ball", is the reference)."""
+    cases = {
+        "What color is the cube left of the sphere?":
+            "query(color, filter(relate(filter(scene(), [sphere]), left), [cube]))",
+        "What size is the cube behind the red ball?":
+            "query(size, filter(relate(filter(scene(), [red, sphere]), behind), [cube]))",
+        "How many blue cubes are there?": "count(filter(scene(), [blue, cube]))",
+    }
+    got = tiny_parser.parse(list(cases))
+    for (q, text), p in zip(cases.items(), got):
+        assert p.to_str() == text, q
+
+
+def test_checkpoint_round_trip(tiny_parser: Parser, domain: Domain, tmp_path: Path) -> None:
+    again = parser_from_state(parser_state(tiny_parser))
+    qs = [q for q, _ in TRAIN_PAIRS]
+    assert [p.to_str() for p in again.parse(qs)] == [p.to_str() for p in tiny_parser.parse(qs)]
+    path = tmp_path / "parser.pth"
+    save_checkpoint(path, {"domain": domain.to_dict(), "parser": parser_state(tiny_parser)})
+    assert load_parser(path).parse(qs[:1])[0].to_str() == TRAIN_PAIRS[0][1]
+    save_checkpoint(tmp_path / "none.pth", {"domain": domain.to_dict()})
+    with pytest.raises(NSCLError, match="no parser"):
+        load_parser(tmp_path / "none.pth")
+
+
+def test_stratified_subset_spreads_over_families(domain: Domain) -> None:
+    prog = program_from_str("count(scene())", domain)
+    examples = [ParserExample(f"q{i}", 0, "1", prog, family=i % 5) for i in range(100)]
+    chosen = stratified_subset(examples, 15, seed=1)
+    assert len(chosen) == 15
+    fams = [examples[i].family for i in chosen]
+    assert all(fams.count(f) == 3 for f in range(5))
+
+
+def _toy_questions(gen_split, domain: Domain) -> tuple[list[ParserExample], list[ParserExample]]:
+    """Annotated "How many <color> things" and unannotated "Are there any <color> things" on the generated
+    scenes, answers from the scene annotations."""
+    count_q, exist_q = [], []
+    colors = domain.attribute("color").concepts
+    for s in list(gen_split.scenes.values())[:30]:
+        present = [o.attributes["color"] for o in s.objects]
+        for k, c in enumerate(colors[:4]):
+            n = present.count(c)
+            count_q.append(ParserExample(f"How many {c} things are there?", s.image_index, str(n),
+                                         program_from_str(f"count(filter(scene(), [{c}]))", domain)))
+            exist_q.append(ParserExample(f"Are there any {colors[(k + 4) % 8]} things?", s.image_index,
+                                         "yes" if colors[(k + 4) % 8] in present else "no",
+                                         program_from_str(f"exist(filter(scene(), [{colors[(k + 4) % 8]}]))",
+                                                          domain)))
+    return count_q, exist_q
+
+
+def test_reinforce_raises_accuracy_with_oracle_perception(domain: Domain, gen_split) -> None:
+    count_q, exist_q = _toy_questions(gen_split, domain)
+    scenes = OracleScenes(gen_split.scenes, domain)
+    # One annotated example per family, trained a little: a weak parser.
+    cfg = ParserTrainConfig(epochs=3, batch_size=2, lr=3e-3, model=TINY, reinforce_epochs=4, reinforce_lr=3e-3,
+                            reinforce_batch_size=32, samples=4, supervised_weight=0.0)
+    pairs = [count_q[0], exist_q[0]]
+    torch.manual_seed(0)
+    parser = train_parser_on_pairs(domain, [e.question for e in pairs], [e.program for e in pairs], cfg,
+                                   extra_questions=[e.question for e in count_q + exist_q])
+    data = count_q + exist_q
+    before = evaluate_parser(parser, data, "v", scenes)["v/acc/qa_parsed"]
+    train_reinforce(parser, data, scenes, cfg, seed=0)
+    after = evaluate_parser(parser, data, "v", scenes)
+    assert after["v/acc/qa"] == 1.0  # oracle perception with ground-truth programs
+    assert after["v/acc/qa_parsed"] >= before + 0.15, (before, after["v/acc/qa_parsed"])
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+def test_evaluate_parser_metric_names(tiny_parser: Parser, domain: Domain, gen_split) -> None:
+    s = next(iter(gen_split.scenes.values()))
+    n = len(s.objects)
+    examples = [ParserExample("How many things are there?", s.image_index, str(n),
+                              program_from_str("count(scene())", domain)),
+                ParserExample("How many dogs are there?", s.image_index, "0", None)]
+    m = evaluate_parser(tiny_parser, examples, "validation", OracleScenes(gen_split.scenes, domain))
+    assert m["validation/acc/program_exact"] == 1.0
+    assert m["validation/acc/program_exact/count"] == 1.0
+    assert m["validation/acc/qa"] == 1.0
+    assert m["validation/acc/qa_parsed"] == 0.5  # the refused question counts as wrong
+    assert m["validation/parse_errors"] == 1.0
+
+
+def test_nscl_to_clevr_inverts_translate(domain: Domain, gen_split) -> None:
+    for q in gen_split.questions:
+        prog = translate(q.program, domain)
+        back = nscl_to_clevr(prog, domain)
+        back.validate(domain)
+        assert translate(back, domain).canonical() == prog.canonical()
+
+
+def test_parse_questions_file(tiny_parser: Parser, domain: Domain, tmp_path: Path) -> None:
+    src = tmp_path / "questions.json"
+    recs = [{"image_index": 0, "question": q, "answer": "1", "question_family_index": 7, "split": "x"}
+            for q, _ in TRAIN_PAIRS[:5]]
+    src.write_text(json.dumps({"info": {"split": "x"}, "questions": recs}))
+    out = tmp_path / "parsed.json"
+    counts = parse_questions_file(tiny_parser, src, out)
+    assert counts == {"questions": 5, "parsed": 5, "errors": 0}
+    data = json.loads(out.read_text())
+    assert data["questions"][0]["split"] == "x" and data["questions"][0]["question_family_index"] == 7
+    for r, (_, text) in zip(data["questions"], TRAIN_PAIRS):
+        assert Program.from_json(r["program_nscl"]).to_str() == text
+    for q, (_, text) in zip(read_questions(out, domain), TRAIN_PAIRS):
+        assert translate(q.program, domain).canonical() == program_from_str(text, domain).canonical()
+    recs.append({"image_index": 0, "question": "Where is the dog?"})
+    src.write_text(json.dumps({"questions": recs}))
+    with pytest.raises(NSCLError, match="question 5.*dog"):
+        parse_questions_file(tiny_parser, src, out)
+    assert parse_questions_file(tiny_parser, src, out, skip_errors=True)["errors"] == 1
+
+
+# --------------------------------------------------------------------------------------------- joint
+def test_joint_step_updates_perception_and_parser(domain: Domain, gen_split, gen_dataset) -> None:
+    from nscl.models.nscl import NSCL, ModelConfig
+    from nscl.models.perception import PerceptionConfig
+
+    torch.manual_seed(0)
+    model = NSCL(domain, ModelConfig(perception=PerceptionConfig(width=8, feature_dim=32, pair_dim=16)))
+    examples = examples_from_questions(gen_split.questions, domain)
+    parser = Parser(domain, Vocab.build(e.question for e in examples), TINY)
+    batch = make_joint_batch(examples[:20], gen_dataset, domain, "cpu")
+    params = list(model.parameters()) + list(parser.parameters())
+    before = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    stats = joint_step(model, parser, batch, opt, ParserTrainConfig(samples=2), MovingAverage())
+    assert set(stats) == {"loss", "acc", "reward", "n"} and stats["n"] == 20
+    changed_model = any(not torch.equal(a, b) for a, b in zip(before[: len(list(model.parameters()))],
+                                                                  model.parameters()))
+    changed_parser = any(not torch.equal(a, b) for a, b in zip(before[len(list(model.parameters())):],
+                                                                   parser.parameters()))
+    assert changed_model and changed_parser
