@@ -280,7 +280,9 @@ def test_padding_never_leaks(domain, quantize):
     compiler = Compiler(domain)
     progs = [compiler(p) for p in PROGRAMS.values()]
     ex = Executor(domain)
-    both = ex(ProgramBatch.collate(progs + progs, [0] * len(progs) + [1] * len(progs)), hand_scene(domain), quantize)
+    both = ex(
+        ProgramBatch.collate(progs + progs, [0] * len(progs) + [1] * len(progs)), hand_scene(domain), quantize
+    )
     alone_scene = hand_scene(domain, images=(1,))
     # drop the padded slot entirely
     alone_scene = SceneLogits(
@@ -402,7 +404,12 @@ def test_oracle_perception_answers_every_question(domain, gen_split, quantize):
     out = Executor(domain)(ProgramBatch.collate(programs, images), scene, quantize)
     _, correct, pred = qa_loss(out, Targets(torch.tensor(tk), torch.tensor(tv)))
     wrong = [
-        (i, gen_split.questions[i].question, gen_split.questions[i].answer, kinds.decode(domain, tk[i], int(pred[i])))
+        (
+            i,
+            gen_split.questions[i].question,
+            gen_split.questions[i].answer,
+            kinds.decode(domain, tk[i], int(pred[i])),
+        )
         for i in (~correct).nonzero()[:, 0].tolist()[:5]
         if int(pred[i]) >= 0
     ]

@@ -3,6 +3,7 @@ tiny batch that must be learnt perfectly."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 
@@ -97,21 +98,31 @@ def naive_features(p: Perception, images: torch.Tensor, boxes: torch.Tensor, mas
     B, N = mask.shape
     H, W = images.shape[-2:]
     k = p.cfg.pool_size
+    fine_reduce = getattr(p, "fine_reduce", None)  # optional stride-4 RoI of the small trunk
     objects = torch.zeros(B, N, p.cfg.feature_dim)
     pairs = {}
     for b in range(B):
         x = (images[b : b + 1].float() / 255.0 - p.mean) / p.std
-        fmap = p.trunk(x)
+        if fine_reduce is not None:
+            fine, fmap = p.trunk.forward_pyramid(x)
+        else:
+            fine, fmap = None, p.trunk(x)
         ctx = F.relu(p.context(fmap)).mean(dim=(2, 3))[0]
         for i in range(N):
             if not mask[b, i]:
                 continue
+            box = [boxes[b, i : i + 1]]
             pooled = roi_align(
-                fmap, [boxes[b, i : i + 1]], k, spatial_scale=1.0 / p.trunk.stride, sampling_ratio=2, aligned=True
+                fmap, box, k, spatial_scale=1.0 / p.trunk.stride, sampling_ratio=2, aligned=True
             )
-            pooled = F.relu(p.roi_reduce(pooled)).flatten()
+            parts = [F.relu(p.roi_reduce(pooled)).flatten()]
+            if fine is not None:
+                fp = roi_align(
+                    fine, box, k, spatial_scale=1.0 / p.trunk.fine_stride, sampling_ratio=2, aligned=True
+                )
+                parts.append(F.relu(fine_reduce(fp)).flatten())
             geom = box_geometry(boxes[b, i], H, W)
-            objects[b, i] = F.normalize(p.object_fc(torch.cat([pooled, ctx, geom])), dim=0)
+            objects[b, i] = F.normalize(p.object_fc(torch.cat([*parts, ctx, geom])), dim=0)
         for i in range(N):
             for j in range(N):
                 if mask[b, i] and mask[b, j]:
@@ -121,8 +132,16 @@ def naive_features(p: Perception, images: torch.Tensor, boxes: torch.Tensor, mas
     return objects, pairs
 
 
-def test_roi_features_match_per_box_reference(domain, gen_dataset):
-    model = small_model(domain).eval()
+@pytest.mark.parametrize("fine_roi", [False, True])
+def test_roi_features_match_per_box_reference(domain, gen_dataset, fine_roi):
+    if "fine_roi" in {f.name for f in dataclasses.fields(PerceptionConfig)}:
+        cfg = dataclasses.replace(SMALL, fine_roi=fine_roi)
+    elif fine_roi:
+        pytest.skip("perception has no fine_roi option")
+    else:
+        cfg = SMALL
+    torch.manual_seed(0)
+    model = NSCL(domain, ModelConfig(cfg, ConceptConfig())).eval()
     ids = np.array([0, 1, 2])
     images, boxes, mask = gen_dataset.scene_batch(ids)
     assert not mask.all(), "want images with different object counts"
@@ -241,7 +260,9 @@ def test_qa_loss_gradient_flows_to_logits():
     loss.sum().backward()
     torch.testing.assert_close(logit.grad, torch.sigmoid(torch.tensor([0.3])) - 1)
     torch.testing.assert_close(count.grad, torch.tensor([-1.0]))
-    torch.testing.assert_close(q.grad, torch.softmax(torch.tensor([[0.1, 0.2]]), -1) - torch.tensor([[0.0, 1.0]]))
+    torch.testing.assert_close(
+        q.grad, torch.softmax(torch.tensor([[0.1, 0.2]]), -1) - torch.tensor([[0.0, 1.0]])
+    )
 
 
 # --------------------------------------------------------------------------------------------- overfitting

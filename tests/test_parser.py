@@ -76,6 +76,15 @@ TRAIN_PAIRS = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Small networks: one torch thread is several times faster than contended threads."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny_parser(domain: Domain) -> Parser:
     progs = [program_from_str(p, domain) for _, p in TRAIN_PAIRS]

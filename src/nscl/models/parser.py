@@ -163,13 +163,14 @@ class DecodeState:
     pending: int
     actions: list[int] = field(default_factory=list)
     score: float = 0.0
+    failed: bool = False  # the last action is an op whose argument the question has no word for
 
     @property
     def done(self) -> bool:
         return not self.stack
 
     def copy(self) -> DecodeState:
-        return DecodeState(list(self.stack), self.pending, list(self.actions), self.score)
+        return DecodeState(list(self.stack), self.pending, list(self.actions), self.score, self.failed)
 
 
 class Grammar:
@@ -431,7 +432,9 @@ class Grammar:
         st = self.start()
         for t, (kind, value) in enumerate(symbolic):
             slots[t] = st.stack[-1][0]
-            masks[t] = self.allowed(st, t, max_length, q)
+            # Type and length constraints only: the model learns to give ops whose arguments the question
+            # lacks a low probability (decoding also masks them, and strict parsing reports them).
+            masks[t] = self.allowed(st, t, max_length, q, check_available=False)
             if kind == "op":
                 targets[t, self.op_index[value]] = True
             elif kind == "end":
@@ -633,13 +636,15 @@ class Parser(nn.Module):
         return nll
 
     # ------------------------------------------------------------------------------------ decoding
-    def decode(self, enc_q: EncodedQuestions, mode: str = "greedy", strict: bool = False,
+    def decode(self, enc_q: EncodedQuestions, mode: str = "greedy", strict: bool = True,
                errors: Sequence[str | None] | None = None) -> Decoded:
         """Greedy (``mode="greedy"``) or sampled (``"sample"``) decoding of a batch, constrained to
         well-typed programs. Gradients flow into ``log_prob`` unless called under ``torch.no_grad``.
 
-        ``strict``: fail a question (instead of silently choosing something else) when the decoder's best
-        op needs an argument the question has no word for."""
+        ``strict`` (default): the decoder chooses among every well-typed action, as in training; choosing an
+        op whose argument the question has no word for (``query`` without an attribute word) fails the
+        question with a message, instead of silently taking the next best op. Its log-probability still
+        counts, so REINFORCE learns to avoid it. ``strict=False`` masks such ops out."""
         g = self.grammar
         device = self.embed.weight.device
         ids, lengths = enc_q.ids.to(device), enc_q.lengths.to(device)
@@ -647,6 +652,7 @@ class Parser(nn.Module):
         keys = self.ptr_key(enc)
         B, T = ids.shape
         A = g.num_fixed + T
+        n_ops = len(g.ops)
         states = [g.start() for _ in range(B)]
         errs: list[str | None] = list(errors) if errors is not None else [None] * B
         for b, e in enumerate(errs):
@@ -663,13 +669,10 @@ class Parser(nn.Module):
                 break
             mask_np = np.zeros((B, A), dtype=bool)
             slot_np = np.zeros(B, dtype=np.int64)
-            typed_np = np.zeros((B, A), dtype=bool) if strict else None
             for b in live:
                 st, q = states[b], enc_q.info[b]
                 slot_np[b] = st.stack[-1][0]
-                mask_np[b, : g.num_fixed + len(q)] = g.allowed(st, t, L, q)
-                if typed_np is not None and st.stack[-1][0] not in g.pointer_kind:
-                    typed_np[b, : g.num_fixed + len(q)] = g.allowed(st, t, L, q, check_available=False)
+                mask_np[b, : g.num_fixed + len(q)] = g.allowed(st, t, L, q, check_available=not strict)
             mask = torch.from_numpy(mask_np).to(device)
             active = mask.any(-1)
             mask[~active, 0] = True  # finished rows: a dummy action, ignored
@@ -686,15 +689,14 @@ class Parser(nn.Module):
             p = logp.exp()
             entropy = entropy - (p * logp.masked_fill(~mask, 0.0)).sum(-1) * active
             a_cpu = a.tolist()
-            if typed_np is not None:
-                best_typed = logits.masked_fill(~torch.from_numpy(typed_np).to(device), NEG).argmax(-1).tolist()
-                for b in live:
-                    if typed_np[b].any() and not mask_np[b, best_typed[b]]:
-                        errs[b] = self._missing_argument(enc_q.info[b], best_typed[b])
-                        states[b].stack.clear()
             for b in live:
-                if not states[b].done:
-                    g.advance(states[b], a_cpu[b], enc_q.info[b])
+                q = enc_q.info[b]
+                if a_cpu[b] < n_ops and not q.available[a_cpu[b]]:
+                    errs[b] = self._missing_argument(q, a_cpu[b])
+                    states[b].actions.append(a_cpu[b])
+                    states[b].stack.clear()
+                else:
+                    g.advance(states[b], a_cpu[b], q)
             prev = self.feedback(a, enc)
         programs: list[Program | None] = []
         for b in range(B):
@@ -720,14 +722,19 @@ class Parser(nn.Module):
                 f"names {examples}")
 
     @torch.no_grad()
-    def beam_search(self, enc_q: EncodedQuestions, beam_size: int) -> list[DecodeState | None]:
-        """Best complete action sequence per question (highest total log-probability), or None when no
-        well-typed program exists for it."""
+    def beam_search(
+        self, enc_q: EncodedQuestions, beam_size: int, skip: Sequence[bool] | None = None
+    ) -> list[DecodeState | None]:
+        """Best complete action sequence per question (highest total log-probability; ``failed`` when that
+        is an op whose argument the question lacks), or None when skipped or nothing completes."""
         g = self.grammar
         device = self.embed.weight.device
         out: list[DecodeState | None] = []
         L = self.cfg.max_length
         for b, q in enumerate(enc_q.info):
+            if skip is not None and skip[b]:
+                out.append(None)
+                continue
             ids = enc_q.ids[b : b + 1, : len(q)].to(device)
             enc, pad, h = self.encode(ids, enc_q.lengths[b : b + 1].to(device))
             keys = self.ptr_key(enc)
@@ -742,7 +749,8 @@ class Parser(nn.Module):
                 slot = torch.tensor([s.stack[-1][0] for s in beams], device=device)
                 hs, ctxs, logits = self.step(hs, ctxs, prev, slot, enc.expand(k, -1, -1),
                                              keys.expand(k, -1, -1), pad.expand(k, -1))
-                mask = torch.from_numpy(np.stack([g.allowed(s, t, L, q) for s in beams])).to(device)
+                mask = torch.from_numpy(np.stack([g.allowed(s, t, L, q, check_available=False)
+                                                  for s in beams])).to(device)
                 logp = torch.log_softmax(logits.masked_fill(~mask, NEG), -1).masked_fill(~mask, -math.inf)
                 scores = torch.tensor([s.score for s in beams], device=device)[:, None] + logp  # (k, A)
                 flat = scores.flatten()
@@ -754,8 +762,15 @@ class Parser(nn.Module):
                 for sc, idx in zip(top.values.tolist(), top.indices.tolist()):
                     r, a = divmod(idx, logits.shape[1])
                     st = beams[r].copy()
-                    g.advance(st, a, q)
                     st.score = sc
+                    if a < len(g.ops) and not q.available[a]:
+                        # An op whose argument the question lacks: a failed parse, competing on its score.
+                        st.actions.append(a)
+                        st.stack.clear()
+                        st.failed = True
+                        finished.append(st)
+                        continue
+                    g.advance(st, a, q)
                     if st.done:
                         finished.append(st)
                     else:
@@ -793,15 +808,17 @@ class Parser(nn.Module):
                     programs += res.programs
                     errors += res.errors
                     continue
-                # Beam search, with the greedy decoder's strict check first.
-                res = self.decode(enc_q, "greedy", strict=True, errors=errs)
-                best = self.beam_search(enc_q, beam_size)
-                for j, (e, st) in enumerate(zip(res.errors, best)):
-                    if e is not None or st is None:
+                best = self.beam_search(enc_q, beam_size, skip=[e is not None for e in errs])
+                for j, (e, st) in enumerate(zip(errs, best)):
+                    if e is None and st is not None and st.failed:
+                        e = self._missing_argument(enc_q.info[j], st.actions[-1])
+                    if e is None and st is None:
+                        e = f"cannot parse {chunk[j]!r}: no well-typed program fits in the length budget"
+                    if e is not None:
                         programs.append(None)
-                        errors.append(e or f"cannot parse {chunk[j]!r}: no well-typed program")
+                        errors.append(e)
                     else:
-                        programs.append(self.grammar.to_program(st.actions, enc_q.info[j]))
+                        programs.append(self.grammar.to_program(st.actions, enc_q.info[j]))  # type: ignore[union-attr]
                         errors.append(None)
         finally:
             self.train(was)

@@ -35,6 +35,7 @@ class PerceptionConfig:
     pair_dim: int = 128  # P
     pool_size: int = 7
     use_geometry: bool = True  # add box geometry to object and pair features
+    fine_roi: bool = True  # small trunk: also pool the stride-4 map (finer shape detail)
 
 
 @dataclass
@@ -70,17 +71,20 @@ class SmallTrunk(nn.Module):
     def __init__(self, width: int, norm: str = "group") -> None:
         super().__init__()
         w = width
-        self.body = nn.Sequential(
-            _conv(3, w, 4, norm, k=4),  # stride 4
-            _conv(w, 2 * w, 1, norm),
-            _conv(2 * w, 4 * w, 2, norm),  # stride 8
-            _conv(4 * w, 4 * w, 1, norm),
-        )
+        self.fine = nn.Sequential(_conv(3, w, 4, norm, k=4), _conv(w, 2 * w, 1, norm))  # stride 4
+        self.body = nn.Sequential(self.fine, _conv(2 * w, 4 * w, 2, norm), _conv(4 * w, 4 * w, 1, norm))  # stride 8
         self.channels = 4 * w
         self.stride = 8
+        self.fine_channels = 2 * w
+        self.fine_stride = 4
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x)
+
+    def forward_pyramid(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Both the stride-4 map (B, 2w, H/4, W/4) and the stride-8 map (B, 4w, H/8, W/8)."""
+        fine = self.fine(x)
+        return fine, self.body[1:](fine)
 
 
 class ResNet34Trunk(nn.Module):
@@ -127,7 +131,10 @@ class Perception(nn.Module):
         G = GEOMETRY_DIM if cfg.use_geometry else 0
         self.roi_reduce = nn.Conv2d(C, C // 2, 1)
         self.context = nn.Conv2d(C, C // 2, 1)
-        self.object_fc = nn.Linear((C // 2) * k * k + C // 2 + G, D)
+        # Optional second RoI pooling from the stride-4 map of the small trunk (finer shape detail).
+        F4 = getattr(self.trunk, "fine_channels", 0) if cfg.fine_roi else 0
+        self.fine_reduce = nn.Conv2d(F4, F4 // 2, 1) if F4 else None
+        self.object_fc = nn.Linear((C // 2) * k * k + (F4 // 2) * k * k + C // 2 + G, D)
         self.pair_in = nn.Linear(D, cfg.pair_dim)
         self.pair_fc = nn.Sequential(
             nn.Linear(2 * cfg.pair_dim + 3 * G, cfg.pair_dim),
@@ -152,7 +159,10 @@ class Perception(nn.Module):
         B, _, H, W = images.shape
         N = boxes.shape[1]
         x = (images - self.mean) / self.std
-        fmap = self.trunk(x)  # (B, C, H/s, W/s)
+        if self.fine_reduce is not None:
+            fine, fmap = self.trunk.forward_pyramid(x)  # (B, C4, H/4, W/4), (B, C, H/8, W/8)
+        else:
+            fine, fmap = None, self.trunk(x)  # (B, C, H/s, W/s)
         # RoI Align over every valid box of the batch in one call.
         b_idx, n_idx = mask.nonzero(as_tuple=True)  # (K,), (K,)
         rois = torch.cat([b_idx[:, None].to(boxes.dtype), boxes[b_idx, n_idx]], dim=1)  # (K, 5)
@@ -165,6 +175,9 @@ class Perception(nn.Module):
             aligned=True,
         )  # (K, C, k, k)
         pooled = F.relu(self.roi_reduce(pooled)).flatten(1)  # (K, C/2 * k * k)
+        if fine is not None:
+            fp = roi_align(fine, rois, self.cfg.pool_size, 1.0 / self.trunk.fine_stride, sampling_ratio=2, aligned=True)
+            pooled = torch.cat([pooled, F.relu(self.fine_reduce(fp)).flatten(1)], dim=1)  # (K, (C + C4)/2 * k * k)
         ctx = F.relu(self.context(fmap)).mean(dim=(2, 3))  # (B, C/2)
         parts = [pooled, ctx[b_idx]]
         geom = box_geometry(boxes, H, W)  # (B, N, G)

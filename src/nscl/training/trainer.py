@@ -41,6 +41,9 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     lr_decay_at: float = 0.6  # lr x 0.1 after this fraction of the epochs
+    # An epoch whose curriculum stage admits fewer questions than this repeats them (reshuffled) up to this
+    # many, so that short early lessons on small datasets still get enough optimisation steps.
+    min_questions_per_epoch: int = 0
     image_height: int = 128
     seed: int = 0
     threads: int = 0  # torch CPU threads, 0 = default
@@ -154,6 +157,11 @@ def train_one_epoch(
     model.train()
     rng = np.random.default_rng([cfg.seed, epoch])
     batches = list(ds.batches(ids, cfg.batch_size, rng))
+    # Short curriculum lessons: repeat reshuffled passes until min_questions_per_epoch questions.
+    n = len(ids)
+    while 0 < n < cfg.min_questions_per_epoch:
+        batches += list(ds.batches(ids, cfg.batch_size, rng))
+        n += len(ids)
     tot_loss, tot_ok, tot_n = 0.0, 0, 0
     bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, unit="batch", leave=False)
     for qids in bar:
