@@ -215,6 +215,12 @@ PAPER_SOFT = {
     "count(red)": (sig(2) + sig(-1) + sig(3), sig(1) + sig(-2)),
     "exist(red cube)": (1.0, -1.0),
     "count(intersect)": (sig(1) + sig(-1) + sig(-3), sig(-1) + sig(-2)),
+    # p = softmax(red); max_j sum_i p_i LEFT[i][j] is reached at j = 1 in both images
+    "exist(relate)": (
+        (math.exp(2) * 2 + math.exp(-1) * -10 + math.exp(3) * 0.5)
+        / (math.exp(2) + math.exp(-1) + math.exp(3)),
+        (math.exp(1) * 4 + math.exp(-2) * -10) / (math.exp(1) + math.exp(-2)),
+    ),
     "count_equal": (
         (0.5 - abs(sig(2) + sig(-1) + sig(3) - sig(1) - sig(2) - sig(-3))) / 0.5 / 0.25,
         (0.5 - abs(sig(1) + sig(-2) - sig(-1) - sig(3))) / 0.5 / 0.25,

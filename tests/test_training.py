@@ -67,17 +67,20 @@ def state_of(model) -> dict:
 def straight_run(gen_root, domain, tmp_path_factory):
     """fit() for 3 epochs straight, saving every epoch. Three, so that the lr step (after 60% of the epochs, i.e.
     after epoch 2) falls inside the part a resume from epoch 1 retrains."""
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()  # fit() sets cfg.threads = 1 process-wide
     run = tmp_path_factory.mktemp("run_a")
-    res = fit(
-        small_cfg(),
-        domain,
-        SplitPaths.resolve(gen_root / "train"),
-        run,
-        torch.device("cpu"),
-        SplitPaths.resolve(gen_root / "val"),
-        progress=False,
-    )
+    try:
+        res = fit(
+            small_cfg(),
+            domain,
+            SplitPaths.resolve(gen_root / "train"),
+            run,
+            torch.device("cpu"),
+            SplitPaths.resolve(gen_root / "val"),
+            progress=False,
+        )
+    finally:
+        torch.set_num_threads(threads)
     return res
 
 

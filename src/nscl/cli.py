@@ -420,7 +420,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("Concept classification (paper's Table 2), held-out val split:")
     print(format_table({k: v for k, v in metrics.items() if "/acc/qa" not in k}, "validation"))
     print()
-    print(f"generation {t_gen:.0f}s, training {res.seconds:.0f}s, total {time.time() - t0:.0f}s")
+    import resource
+
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    print(f"generation {t_gen:.0f}s, training {res.seconds:.0f}s, total {time.time() - t0:.0f}s, "
+          f"peak memory {peak / 2**20:.2f} GiB (largest process)")
     print(
         f"checkpoint: {res.checkpoint}\nlog:        {res.run.log}\nmetrics:    {res.run.metrics}\n"
         f"curves:     {res.run.curves}"

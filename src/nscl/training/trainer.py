@@ -21,7 +21,7 @@ from ..losses import Targets, qa_loss
 from ..metrics import ConceptMeter, QAMeter, scene_annotations
 from ..models.nscl import NSCL, ModelConfig
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .curriculum import stage_at
+from .curriculum import RELEASE_TABLE, stage_at
 from .data import QADataset
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     training_target: str = "derender"
     curriculum: str = "all"  # "all" | "off"
+    # [(last reference epoch, max objects, max raw program length), ...] for a 100-epoch run, scaled to
+    # `epochs`; empty = the release's table (training/curriculum.py).
+    curriculum_table: tuple = ()
     batch_size: int = 32  # questions per batch (grouped by image)
     eval_batch_size: int = 256
     epochs: int = 100
@@ -333,7 +336,8 @@ def fit(
             vocab = list(Vocab.load(paths.vocab).words)
         metrics: dict[str, float] = {}
         for epoch in range(start, cfg.epochs + 1):
-            stage = stage_at(epoch, cfg.epochs, enabled=cfg.curriculum != "off")
+            table = tuple(tuple(int(v) for v in row) for row in cfg.curriculum_table) or RELEASE_TABLE
+            stage = stage_at(epoch, cfg.epochs, table, enabled=cfg.curriculum != "off")
             ids = ds.eligible(train_ids, stage.max_objects, stage.max_length)
             te = time.time()
             rec: dict[str, Any] = {"epoch": epoch, "stage": stage.index, "lr": opt.param_groups[0]["lr"]}
