@@ -115,6 +115,7 @@ def _generate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-objects", type=int, default=10)
     p.add_argument("--cogent", choices=["A", "B"], default=None, help="CLEVR-CoGenT colour/shape condition")
     p.add_argument("--templates", default=None, help="folder of CLEVR-format template files (default: ours)")
+    p.add_argument("--synonyms", default=None, help="CLEVR-format synonyms.json for --templates (default: ours)")
     p.add_argument("--supersample", type=int, default=2, help="antialiasing rays per pixel side")
     p.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
     p.add_argument("--no-progress", action="store_true")
@@ -139,6 +140,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             max_objects=args.max_objects,
             cogent=args.cogent,
             templates=args.templates,
+            synonyms=args.synonyms,
             supersample=args.supersample,
             workers=args.workers,
         )

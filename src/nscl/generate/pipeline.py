@@ -48,6 +48,7 @@ class GenerateConfig:
     max_objects: int = 10
     cogent: str | None = None
     templates: str | None = None  # a folder of CLEVR-format template files; None = ours
+    synonyms: str | None = None  # a CLEVR-format synonyms.json; None = ours
     supersample: int = 2
     workers: int = 0  # 0 = all cores
     chunk_size: int = 250
@@ -113,7 +114,7 @@ def run_chunk(job: ChunkJob) -> dict:
     engine = QuestionEngine(
         domain,
         load_templates(Path(cfg.templates) if cfg.templates else None),
-        load_synonyms(),
+        load_synonyms(Path(cfg.synonyms) if cfg.synonyms else None),
         questions_per_image=cfg.questions_per_image,
     )
     seq = np.random.SeedSequence(cfg.seed, spawn_key=(SPLIT_CODES[job.split], job.chunk))
