@@ -16,7 +16,6 @@ from nscl.domain import Domain
 from nscl.errors import NSCLError
 from nscl.models.executor import Compiler
 from nscl.models.parser import (
-    Grammar,
     Lexicon,
     ParseError,
     Parser,
@@ -28,6 +27,7 @@ from nscl.models.parser import (
 from nscl.program import Program, translate
 from nscl.training.checkpoint import save_checkpoint
 from nscl.training.parser_training import (
+    MovingAverage,
     OracleScenes,
     ParserExample,
     ParserTrainConfig,
@@ -36,9 +36,9 @@ from nscl.training.parser_training import (
     joint_step,
     load_parser,
     make_joint_batch,
-    MovingAverage,
     nscl_to_clevr,
     parse_questions_file,
+    policy_loss,
     stratified_subset,
     train_parser_on_pairs,
     train_reinforce,
@@ -122,7 +122,7 @@ def test_encoder_decoder_shapes(domain: Domain) -> None:
     assert enc.shape == (B, T, D) and pad.shape == (B, T) and h.shape == (B, D)
     assert pad.sum(1).tolist() == [7, 5]
     F = parser.grammar.num_fixed
-    assert F == len(domain.nscl_ops) + 1
+    assert len(domain.nscl_ops) + 1 == F
     ctx = torch.zeros(B, D)
     h2, ctx2, logits = parser.step(h, ctx, parser._start(B, h.device), torch.zeros(B, dtype=torch.long), enc,
                                    parser.ptr_key(enc), pad)
@@ -160,17 +160,19 @@ def test_decoding_only_emits_well_typed_programs(domain: Domain, seed: int, word
     question = " ".join(words)
     enc_q, errors = parser.encode_questions([question])
     with torch.no_grad():
-        results = [parser.decode(enc_q, "greedy", errors=errors), parser.decode(enc_q.repeat(3), "sample")]
-    programs = [p for r in results for p in r.programs]
-    errs = [e for r in results for e in r.errors]
-    programs += parser.parse_many([question], beam_size=3)[0]
-    for p, e in zip(programs, errs + [None]):
-        if p is None:
-            assert e is not None or programs[-1] is None
-            continue
-        p.validate(domain)
-        Compiler(domain)(p)  # the executor accepts it too
-        assert len(p) <= 30
+        runs = [parser.decode(enc_q, "greedy", errors=errors), parser.decode(enc_q.repeat(3), "sample")]
+        lenient = parser.decode(enc_q.repeat(3), "sample", strict=False)
+    runs.append(lenient)
+    beam = parser.parse_many([question], beam_size=3)
+    for programs, errs in [(r.programs, r.errors) for r in runs] + [beam]:
+        for p, e in zip(programs, errs):
+            assert (p is None) == (e is not None)
+            if p is not None:
+                p.validate(domain)
+                Compiler(domain)(p)  # the executor accepts it too
+                assert len(p) <= 30
+    # Without the strict check, masking alone always yields a program.
+    assert all(p is not None for p in lenient.programs)
 
 
 def test_unknown_word_names_the_word(tiny_parser: Parser) -> None:
@@ -226,6 +228,25 @@ def test_checkpoint_round_trip(tiny_parser: Parser, domain: Domain, tmp_path: Pa
         load_parser(tmp_path / "none.pth")
 
 
+def test_policy_loss_variants() -> None:
+    log_prob = torch.tensor([-1.0, -2.0, -0.5, -0.1], requires_grad=True)
+    correct = torch.tensor([True, False, False, True])
+    valid = torch.tensor([True, True, True, False])
+    baseline = MovingAverage(0.5, value=0.25)
+    loss, mean_r = policy_loss(log_prob, torch.zeros(4), correct, valid, None, 2, ParserTrainConfig(), baseline)
+    assert mean_r == 0.25 and baseline.value == 0.25
+    loss.backward()
+    # advantage (reward - 0.25) on valid rows, zero on the invalid one
+    assert torch.allclose(log_prob.grad, -torch.tensor([0.75, -0.25, -0.25, 0.0]) / 4)
+    log_prob.grad = None
+    qa = torch.tensor([0.0, 10.0, 2.0, 2.0])
+    loss, _ = policy_loss(log_prob, torch.zeros(4), correct, valid, qa, 2, ParserTrainConfig(reward="release"),
+                          MovingAverage())
+    loss.backward()
+    w = torch.cat([torch.softmax(torch.tensor([10.0, 0.0]), 0), torch.tensor([1.0, 0.0])])
+    assert torch.allclose(log_prob.grad, -w / 2, atol=1e-6)
+
+
 def test_stratified_subset_spreads_over_families(domain: Domain) -> None:
     prog = program_from_str("count(scene())", domain)
     examples = [ParserExample(f"q{i}", 0, "1", prog, family=i % 5) for i in range(100)]
@@ -258,9 +279,9 @@ def test_reinforce_raises_accuracy_with_oracle_perception(domain: Domain, gen_sp
     scenes = OracleScenes(gen_split.scenes, domain)
     # One annotated example per family, trained a little: a weak parser.
     cfg = ParserTrainConfig(epochs=3, batch_size=2, lr=3e-3, model=TINY, reinforce_epochs=3, reinforce_lr=3e-3,
-                            reinforce_batch_size=32, samples=4, supervised_weight=0.0)
+                            reinforce_batch_size=16, samples=4, supervised_weight=0.0)
     pairs = [count_q[0], exist_q[0]]
-    torch.manual_seed(2)
+    torch.manual_seed(0)
     parser = train_parser_on_pairs(domain, [e.question for e in pairs], [e.program for e in pairs], cfg,
                                    extra_questions=[e.question for e in count_q + exist_q])
     data = count_q + exist_q

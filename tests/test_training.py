@@ -40,6 +40,24 @@ SMALL_FLAGS = [
 METRIC_LINE = re.compile(r"^(validation|validationextra)/acc/[a-z_/]+ = \d\.\d{6}$")
 
 
+def _config_round_trips() -> bool:
+    try:
+        return from_dict(TrainConfig, dataclasses.asdict(TrainConfig())) == TrainConfig()
+    except ConfigError:
+        return False
+
+
+# While TrainConfig does not survive asdict -> from_dict (see test_train_config_round_trips), every `nscl train`,
+# every --set/--config and every checkpoint load fails; the tests that go through it are expected to fail then
+# and run normally as soon as it is fixed.
+CONFIG_BROKEN = not _config_round_trips()
+blocked_by_config = pytest.mark.xfail(
+    CONFIG_BROKEN,
+    strict=True,
+    reason="blocked by the TrainConfig round-trip bug (test_train_config_round_trips)",
+)
+
+
 def small_cfg(**kw) -> TrainConfig:
     base = dict(
         curriculum="off",
@@ -136,6 +154,7 @@ def test_resume_with_other_config_is_refused(straight_run, gen_root, domain, tmp
         )
 
 
+@blocked_by_config
 def test_checkpoint_round_trip(straight_run, gen_dataset):
     path = straight_run.checkpoint
     raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -161,11 +180,6 @@ def test_checkpoint_round_trip(straight_run, gen_dataset):
                 assert torch.equal(idx, o2.query[k][0]) and torch.equal(logits, o2.query[k][1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG trainer.fit: resuming into the same run dir appends to metrics.jsonl without dropping the lines of "
-    "epochs >= the resumed one (it filters them only for the plot), so those epochs appear twice",
-)
 def test_resume_in_place_keeps_one_record_per_epoch(straight_run, gen_root, domain, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(straight_run.run.root, run)
@@ -208,6 +222,7 @@ def test_checkpoint_missing_keys(tmp_path):
         load_checkpoint(p)
 
 
+@blocked_by_config
 def test_weights_not_matching_config(straight_run, tmp_path):
     state = load_checkpoint(straight_run.checkpoint)
     state["config"]["model"]["perception"]["width"] = 16
@@ -218,6 +233,7 @@ def test_weights_not_matching_config(straight_run, tmp_path):
         model_from_checkpoint(load_checkpoint(p), str(p))
 
 
+@blocked_by_config
 def test_cli_evaluate_bad_checkpoints(straight_run, gen_root, tmp_path, capsys):
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"\x00garbage" * 100)
@@ -245,6 +261,7 @@ def test_cli_evaluate_bad_checkpoints(straight_run, gen_root, tmp_path, capsys):
 
 # --------------------------------------------------------------------------------------------- end to end
 @pytest.mark.slow
+@blocked_by_config
 def test_train_command_end_to_end(gen_root, gen_split, tmp_path, capsys):
     run = tmp_path / "run"
     data = ["--data-dir", str(gen_root / "train"), "--extra-data-dir", str(gen_root / "val")]
@@ -284,11 +301,6 @@ def test_train_command_end_to_end(gen_root, gen_split, tmp_path, capsys):
     assert out2 == out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG trainer.fit: train.log only receives records that pass the 'nscl' logger's effective level, which "
-    "the caller's logging setup decides (`nscl -q train`, library use, pytest): the run log is then empty",
-)
 def test_train_log_ignores_console_verbosity(gen_root, domain, tmp_path):
     """The run's train.log holds the epoch lines even when the console shows only warnings (``nscl -q``)."""
     root, nscl_log = logging.getLogger(), logging.getLogger("nscl")
@@ -329,8 +341,8 @@ def test_device_cuda_without_cuda(gen_root, capsys):
     [
         ("model.nope=1", "model.nope"),
         ("nope=1", "nope"),
-        ("epochs=abc", "epochs"),
-        ("model.perception.width=1.5", "width"),
+        pytest.param("epochs=abc", "epochs", marks=blocked_by_config),
+        pytest.param("model.perception.width=1.5", "width", marks=blocked_by_config),
     ],
 )
 def test_bad_set_values(gen_root, tmp_path, capsys, setting, needle):
@@ -341,6 +353,7 @@ def test_bad_set_values(gen_root, tmp_path, capsys, setting, needle):
     assert not list(tmp_path.iterdir())  # nothing was trained or written
 
 
+@blocked_by_config
 def test_equal_object_question_cannot_be_answered(gen_root, domain, tmp_path, capsys):
     src = gen_root / "train"
     dst = tmp_path / "train"
@@ -431,11 +444,6 @@ def test_qa_meter_weights_by_questions():
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG training/data.py QADataset: every image is resized to the first image's size but every box is "
-    "scaled by the first image's scale factors, so boxes of differently sized images land in the wrong place",
-)
 def test_boxes_follow_each_image_resize(gen_root, domain, tmp_path):
     from PIL import Image
 
@@ -563,6 +571,7 @@ def test_release_recipe_defaults(domain):
 
 
 # --------------------------------------------------------------------------------------------- config
+@blocked_by_config
 def test_from_dict_builds_nested_config():
     cfg = from_dict(
         TrainConfig, {"epochs": 3, "lr": 1, "model": {"perception": {"width": 16, "pretrained": None}}}
@@ -571,6 +580,13 @@ def test_from_dict_builds_nested_config():
     assert cfg.model.perception.width == 16 and cfg.model.concepts == ConceptConfig()
     assert from_dict(TrainConfig, dataclasses.asdict(small_cfg())) == small_cfg()
     assert from_dict(TrainConfig, None) == TrainConfig()
+
+
+def test_train_config_round_trips():
+    """asdict -> from_dict is the path of override() (every `nscl train`), --config and checkpoint loading."""
+    cfg = TrainConfig()
+    assert from_dict(TrainConfig, dataclasses.asdict(cfg)) == cfg
+    assert override(cfg, {"epochs": 3}).epochs == 3
 
 
 @pytest.mark.parametrize(
@@ -592,18 +608,12 @@ def test_from_dict_rejects(data, needle):
         from_dict(TrainConfig, data)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG config.from_dict: a non-mapping value for a nested section (model=5) raises TypeError/ValueError "
-    "from dict(), not ConfigError, so `nscl train --set model=5` ends in a traceback instead of exit 2",
-)
 @pytest.mark.parametrize("value", [5, [1], "abc"])
 def test_from_dict_rejects_non_mapping_section(value):
     with pytest.raises(ConfigError, match="model"):
         from_dict(TrainConfig, {"model": value})
 
 
-@pytest.mark.xfail(strict=True, reason="BUG config.from_dict: see test_from_dict_rejects_non_mapping_section")
 def test_set_whole_section_is_usage_error(gen_root, tmp_path, capsys):
     rc = main(
         ["train", "--data-dir", str(gen_root / "train"), "--run-dir", str(tmp_path), "--set", "model=5"]
@@ -611,6 +621,7 @@ def test_set_whole_section_is_usage_error(gen_root, tmp_path, capsys):
     assert rc == 2 and "model" in capsys.readouterr().err
 
 
+@blocked_by_config
 def test_override_dotted_keys():
     cfg = TrainConfig()
     new = override(cfg, {"model.perception.width": 16, "epochs": 7, "model.concepts.known_belong": True})
@@ -621,6 +632,7 @@ def test_override_dotted_keys():
             override(cfg, bad)
 
 
+@blocked_by_config
 def test_config_file_and_flags(gen_root, tmp_path, capsys):
     """--config gives the values, flags override them; a bad file key is a usage error."""
     from nscl.cli import build_parser, train_config_from_args

@@ -182,7 +182,7 @@ def prepare_image(image_path: str | Path, boxes: Sequence[Box], height: int) -> 
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"{image_path}: cannot decode image ({e})") from None
     width = round(w0 * height / h0)
-    img = torch.from_numpy(load_image(image_path, height, width)).permute(2, 0, 1).contiguous()[None]
+    img = torch.from_numpy(load_image(image_path, height, width).copy()).permute(2, 0, 1).contiguous()[None]
     sx, sy = width / w0, height / h0
     b = torch.tensor([x.as_list() for x in boxes], dtype=torch.float32) * torch.tensor([sx, sy, sx, sy])
     return img, b[None]

@@ -40,7 +40,14 @@ def _check(name: str, tp: Any, value: Any) -> Any:
         return value
     if tp in (str, bool) and isinstance(value, tp):
         return value
-    if origin is tuple and isinstance(value, (list, tuple)):
+    if (origin is tuple or tp is tuple) and isinstance(value, (list, tuple)):
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_check(f"{name}[{i}]", args[0], v) for i, v in enumerate(value))
+        if args and len(args) == len(value):
+            return tuple(_check(f"{name}[{i}]", a, v) for i, (a, v) in enumerate(zip(args, value)))
+        if args:
+            raise ConfigError(f"config key {name!r}: expected {len(args)} values, got {len(value)}")
         return tuple(value)
     if tp is Any:
         return value
@@ -49,6 +56,10 @@ def _check(name: str, tp: Any, value: Any) -> Any:
 
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(
+            f"config key {prefix or cls.__name__!r}: expected a mapping of settings, got {data!r}"
+        )
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]

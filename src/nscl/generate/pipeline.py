@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,6 +53,22 @@ class GenerateConfig:
     workers: int = 0  # 0 = all cores
     chunk_size: int = 250
     prefix: str = "CLEVR"
+
+    def __post_init__(self) -> None:
+        # Validate up front (clear one-line errors before anything is written).
+        SceneConfig(
+            min_objects=self.min_objects,
+            max_objects=self.max_objects,
+            width=self.width,
+            height=self.height,
+            cogent=self.cogent,
+        )
+        for name in ("supersample", "chunk_size", "questions_per_image"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("train_images", "val_images", "test_images", "workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
 
     def splits(self) -> list[tuple[str, int]]:
         return [
@@ -177,7 +193,9 @@ def _load_part(cfg: GenerateConfig, job: ChunkJob) -> dict | None:
         part = read_json(p)
     except NSCLError:
         return None
-    if part.get("fingerprint") != cfg.fingerprint():
+    if not isinstance(part, dict) or part.get("fingerprint") != cfg.fingerprint():
+        return None
+    if not isinstance(part.get("scenes"), list) or not isinstance(part.get("questions"), list):
         return None
     images = Path(cfg.out) / job.split / "images"
     if not all((images / s["image_filename"]).is_file() for s in part["scenes"]):
@@ -230,6 +248,9 @@ def generate_dataset(cfg: GenerateConfig, domain: Domain, progress: bool = True)
         log.info("resuming: %d of %d chunks already done", len(jobs) - len(todo), len(jobs))
     for split, _ in cfg.splits():
         (out / split / "images").mkdir(parents=True, exist_ok=True)
+        for folder in (out / split, out / split / "images"):  # temporary files of a killed run
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
     workers = cfg.workers or os.cpu_count() or 1
     total = sum(j.stop - j.start for j in todo)
     with tqdm(total=total, unit="img", desc="generate", disable=not progress or total == 0) as bar:
@@ -245,8 +266,9 @@ def generate_dataset(cfg: GenerateConfig, domain: Domain, progress: bool = True)
                 done(j, run_chunk(j))
         else:
             with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
-                for j, res in zip(todo, pool.map(run_chunk, todo)):
-                    done(j, res)
+                futures = {pool.submit(run_chunk, j): j for j in todo}
+                for fut in as_completed(futures):  # save each chunk as soon as it is finished
+                    done(futures[fut], fut.result())
     summary: dict[str, dict[str, int]] = {}
     merged: dict[str, tuple[list, list]] = {}
     for split, _ in cfg.splits():
@@ -270,6 +292,7 @@ def generate_dataset(cfg: GenerateConfig, domain: Domain, progress: bool = True)
         atomic_write_json(out / split / "scenes.json", {"info": info, "scenes": scenes})
         atomic_write_json(out / split / "questions.json", {"info": info, "questions": questions})
         vocab.save(out / split / "vocab.json")
-        shutil.rmtree(out / split / ".parts", ignore_errors=True)
         summary[split] = {"images": len(scenes), "questions": len(questions)}
+    for split in merged:  # only once every split's final files are written
+        shutil.rmtree(out / split / ".parts", ignore_errors=True)
     return summary

@@ -76,26 +76,32 @@ class QADataset:
         scenes = sorted(split.scenes.values(), key=lambda s: s.image_index)
         self.scenes = scenes
         self.image_of_index = {s.image_index: i for i, s in enumerate(scenes)}
-        # Resolution: keep the aspect ratio of the first image, short side = image_height.
+        # Resolution: keep the aspect ratio of the first image, short side = image_height. Every image is
+        # resized to that size and its boxes scaled by its own factors.
         from PIL import Image
 
-        first = split.paths.images / scenes[0].image_filename
-        try:
-            with Image.open(first) as im:
-                w0, h0 = im.size
-        except FileNotFoundError:
-            raise DataError(
-                f"{split.paths.scenes}: scene image_index {scenes[0].image_index}: missing image file {first}"
-            ) from None
+        def size_of(s) -> tuple[int, int]:  # noqa: ANN001
+            path = split.paths.images / s.image_filename
+            try:
+                with Image.open(path) as im:
+                    return im.size
+            except FileNotFoundError:
+                raise DataError(
+                    f"{split.paths.scenes}: scene image_index {s.image_index}: missing image file {path}"
+                ) from None
+
+        w0, h0 = size_of(scenes[0])
         self.height = image_height
         self.width = round(w0 * image_height / h0)
-        scale_x, scale_y = self.width / w0, self.height / h0
         imgs = np.empty((len(scenes), self.height, self.width, 3), dtype=np.uint8)
         self.boxes: list[Tensor] = []
         for i, s in enumerate(tqdm(scenes, desc="decode images", disable=not progress, unit="img")):
+            w, h = size_of(s) if i else (w0, h0)
             imgs[i] = load_image(split.paths.images / s.image_filename, self.height, self.width)
             b = torch.tensor([o.as_list() for o in s.boxes], dtype=torch.float32)
-            self.boxes.append(b * torch.tensor([scale_x, scale_y, scale_x, scale_y]))
+            self.boxes.append(
+                b * torch.tensor([self.width / w, self.height / h, self.width / w, self.height / h])
+            )
         self.images = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()  # (I, 3, H, W)
         self.n_objects = np.array([len(s.objects) for s in scenes])
         # Questions

@@ -33,7 +33,7 @@ class TrainConfig:
     curriculum: str = "all"  # "all" | "off"
     # [(last reference epoch, max objects, max raw program length), ...] for a 100-epoch run, scaled to
     # `epochs`; empty = the release's table (training/curriculum.py).
-    curriculum_table: tuple = ()
+    curriculum_table: tuple[tuple[int, int, int], ...] = ()
     batch_size: int = 32  # questions per batch (grouped by image)
     eval_batch_size: int = 256
     epochs: int = 100
@@ -278,7 +278,14 @@ def fit(
     run.root.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run.log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    logging.getLogger("nscl").addHandler(handler)
+    handler.setLevel(logging.INFO)
+    nscl_log = logging.getLogger("nscl")
+    old_level = nscl_log.level
+    if (
+        nscl_log.getEffectiveLevel() > logging.INFO
+    ):  # the run log always gets INFO, whatever the console shows
+        nscl_log.setLevel(logging.INFO)
+    nscl_log.addHandler(handler)
     try:
         torch.manual_seed(cfg.seed)
         if cfg.threads:
@@ -318,6 +325,9 @@ def fit(
             if run.metrics.exists():
                 records = [json.loads(line) for line in run.metrics.read_text().splitlines() if line.strip()]
                 records = [r for r in records if r["epoch"] < start]
+                from ..io import atomic_write_text
+
+                atomic_write_text(run.metrics, "".join(json.dumps(r) + "\n" for r in records))
             log.info("resumed from %s at epoch %d", resume, start)
         tb = None
         if use_tb:
@@ -389,7 +399,8 @@ def fit(
             tb.close()
         return FitResult(metrics, run.checkpoint(), run, time.time() - t0, model)
     finally:
-        logging.getLogger("nscl").removeHandler(handler)
+        nscl_log.removeHandler(handler)
+        nscl_log.setLevel(old_level)
         handler.close()
 
 

@@ -1,0 +1,211 @@
+"""Benchmark of the semantic parser (``nscl.models.parser``): program recovery on held-out questions.
+
+    .venv/bin/python benchmarks/parser.py [--out DIR] [--train-images 1000] [--val-images 1000] [--seed 0]
+        [--epochs 15] [--annotations 270] [--reinforce-epochs 3] [--oracle | --perception CKPT]
+        [--skip-phrasing] [--threads 1]
+
+Runs, each reported with its wall time:
+
+1. full supervision: the parser trained on every annotated training question, program exact match
+   (``Program.canonical``) on a held-out split generated with another seed (target: >= 99.9%, the paper's
+   "above 99.9%" program recovery);
+2. few annotations: K stratified programs (three per family for K = 270), exact match, then REINFORCE on the
+   training answers with a frozen perception (``--perception`` NSCL checkpoint, or ``--oracle`` scene logits
+   from the annotations) and exact match / QA with parsed programs again;
+3. phrasing robustness: train on questions generated without the last phrasing of every template, test on
+   questions generated with *only* those phrasings (the generator's ``--templates`` folder); reports exact
+   match with unknown words refused (the parser's default) and read as ``<UNK>``.
+
+Datasets are generated under ``--out`` (small images: the parser never looks at them) unless ``--train-dir``
+and ``--val-dir`` point at existing splits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from nscl.data import SplitPaths, load_split, read_questions
+from nscl.domain import Domain, load_domain
+from nscl.generate.pipeline import GenerateConfig, generate_dataset
+from nscl.models.parser import Parser, ParserConfig
+from nscl.training.parser_training import (
+    ModelScenes,
+    OracleScenes,
+    ParserTrainConfig,
+    build_vocab,
+    evaluate_parser,
+    examples_from_questions,
+    stratified_subset,
+    train_reinforce,
+    train_supervised,
+)
+
+
+def generate(out: Path, seed: int, split: str, images: int, domain: Domain, templates: Path | None = None) -> Path:
+    kw = {"train_images": images} if split == "train" else {"val_images": images}
+    cfg = GenerateConfig(out=str(out), seed=seed, width=64, height=48, supersample=1, workers=1,
+                         templates=str(templates) if templates else None, **kw)
+    t = time.time()
+    generate_dataset(cfg, domain, progress=False)
+    print(f"  generated {out / split} ({images} images, seed {seed}) in {time.time() - t:.0f}s", flush=True)
+    return out / split
+
+
+def split_templates(out: Path) -> tuple[Path, Path]:
+    """Two template folders: every phrasing but the last (train), and only the last one (held out)."""
+    from importlib import resources
+
+    src = resources.files("nscl").joinpath("generate", "templates")
+    train_dir, held_dir = out / "templates_train", out / "templates_heldout"
+    for d in (train_dir, held_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if not f.name.endswith(".json"):
+            continue
+        templates = json.loads(f.read_text(encoding="utf-8"))
+        train, held = [], []
+        for t in templates:
+            if len(t["text"]) < 2:
+                raise SystemExit(f"{f.name}: a template with a single phrasing cannot be held out")
+            train.append({**t, "text": t["text"][:-1]})
+            held.append({**t, "text": t["text"][-1:]})
+        (train_dir / f.name).write_text(json.dumps(train, indent=1), encoding="utf-8")
+        (held_dir / f.name).write_text(json.dumps(held, indent=1), encoding="utf-8")
+    return train_dir, held_dir
+
+
+def report(title: str, metrics: dict[str, float], seconds: float) -> None:
+    keys = sorted(k for k in metrics if "/acc/" in k or k.endswith("parse_errors"))
+    print(f"\n== {title} ({seconds:.0f}s)")
+    for k in keys:
+        v = metrics[k]
+        print(f"  {k} = {v:.6f}" if "/acc/" in k else f"  {k} = {v:.0f}")
+    sys.stdout.flush()
+
+
+def train_full(domain: Domain, train_dir: Path, cfg: ParserTrainConfig, seed: int) -> tuple[Parser, float]:
+    examples = examples_from_questions(read_questions(train_dir / "questions.json", domain), domain)
+    torch.manual_seed(seed)
+    parser = Parser(domain, build_vocab(examples), cfg.model)
+    t = time.time()
+    train_supervised(parser, examples, cfg, seed)
+    return parser, time.time() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/nscl-parser-bench"))
+    ap.add_argument("--train-dir", type=Path, default=None, help="existing training split (default: generate)")
+    ap.add_argument("--val-dir", type=Path, default=None, help="existing held-out split (default: generate)")
+    ap.add_argument("--train-images", type=int, default=1000)
+    ap.add_argument("--val-images", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--annotations", type=int, default=270, help="K for the few-annotation run (0: skip)")
+    ap.add_argument("--few-epochs", type=int, default=60, help="supervised epochs on the K annotations")
+    ap.add_argument("--reinforce-epochs", type=int, default=3)
+    ap.add_argument("--reward", choices=["answer", "release"], default="answer")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--oracle", action="store_true", help="REINFORCE with oracle perception (scene annotations)")
+    g.add_argument("--perception", default=None, help="REINFORCE with this NSCL checkpoint's perception (frozen)")
+    ap.add_argument("--skip-phrasing", action="store_true")
+    ap.add_argument("--hidden-dim", type=int, default=64)
+    ap.add_argument("--embedding-dim", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--domain", default=None)
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    domain = load_domain(args.domain)
+    print("command: .venv/bin/python benchmarks/parser.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    model_cfg = ParserConfig(embedding_dim=args.embedding_dim, hidden_dim=args.hidden_dim)
+    cfg = ParserTrainConfig(epochs=args.epochs, lr=2e-3, model=model_cfg, reward=args.reward,
+                            reinforce_epochs=args.reinforce_epochs)
+    results: dict[str, dict] = {}
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    print("data:")
+    train_dir = args.train_dir or generate(args.out / "data", args.seed, "train", args.train_images, domain)
+    val_dir = args.val_dir or generate(args.out / "heldout", args.seed + 1000, "val", args.val_images, domain)
+    val = examples_from_questions(read_questions(val_dir / "questions.json", domain), domain)
+    train = examples_from_questions(read_questions(train_dir / "questions.json", domain), domain)
+    print(f"  train: {len(train)} questions ({train_dir}); held-out: {len(val)} questions ({val_dir})")
+
+    # 1. every annotation
+    parser, secs = train_full(domain, train_dir, cfg, args.seed)
+    m = evaluate_parser(parser, val, "heldout")
+    report(f"full supervision: {len(train)} programs, {args.epochs} epochs", m, secs)
+    results["full"] = {**m, "seconds": secs}
+
+    # 2. K annotations (+ REINFORCE)
+    if args.annotations > 0:
+        picked = [train[i] for i in stratified_subset(train, args.annotations, args.seed)]
+        few_cfg = dataclasses.replace(cfg, epochs=args.few_epochs, batch_size=32)
+        torch.manual_seed(args.seed)
+        parser = Parser(domain, build_vocab(train), model_cfg)
+        t = time.time()
+        train_supervised(parser, picked, few_cfg, args.seed)
+        secs = time.time() - t
+        scenes_train = scenes_val = None
+        if args.oracle:
+            scenes_train = OracleScenes(load_split(SplitPaths.resolve(train_dir), domain).scenes, domain)
+            scenes_val = OracleScenes(load_split(SplitPaths.resolve(val_dir), domain).scenes, domain)
+        elif args.perception:
+            from nscl.training.checkpoint import load_checkpoint
+            from nscl.training.data import QADataset
+            from nscl.training.trainer import model_from_checkpoint
+
+            model, tcfg, _ = model_from_checkpoint(load_checkpoint(args.perception), args.perception)
+            model.eval()
+            ds_t = QADataset(load_split(SplitPaths.resolve(train_dir), domain), domain, tcfg.image_height)
+            ds_v = QADataset(load_split(SplitPaths.resolve(val_dir), domain), domain, tcfg.image_height)
+            scenes_train, scenes_val = ModelScenes(model, ds_t), ModelScenes(model, ds_v)
+        m = evaluate_parser(parser, val, "heldout", scenes_val)
+        report(f"{len(picked)} stratified annotations, {args.few_epochs} epochs", m, secs)
+        results["few"] = {**m, "seconds": secs, "annotations": len(picked)}
+        if scenes_train is not None and args.reinforce_epochs > 0:
+            t = time.time()
+
+            def show(epoch: int, rec: dict) -> None:
+                print(f"  REINFORCE epoch {epoch}: mean reward {rec['train/parser_reward']:.4f} "
+                      f"({rec['seconds']:.0f}s)", flush=True)
+
+            train_reinforce(parser, train, scenes_train, few_cfg, picked, args.seed, show)
+            secs = time.time() - t
+            m = evaluate_parser(parser, val, "heldout", scenes_val)
+            source = "oracle perception" if args.oracle else f"perception {args.perception}"
+            report(f"+ REINFORCE on {len(train)} answers, {args.reinforce_epochs} epochs, {source}, "
+                   f"reward {args.reward}", m, secs)
+            results["few+reinforce"] = {**m, "seconds": secs}
+
+    # 3. held-out phrasings
+    if not args.skip_phrasing:
+        print("\nphrasing robustness data:")
+        tdir, hdir = split_templates(args.out)
+        p_train = generate(args.out / "phrasing_train", args.seed, "train", args.train_images, domain, tdir)
+        p_val = generate(args.out / "phrasing_heldout", args.seed + 1000, "val", args.val_images, domain, hdir)
+        parser, secs = train_full(domain, p_train, cfg, args.seed)
+        held = examples_from_questions(read_questions(p_val / "questions.json", domain), domain)
+        new_words = sorted({w for e in held for w in e.question.lower().replace("?", " ").split()
+                            if w.strip(".,;") and w.strip(".,;") not in parser.vocab
+                            and w.strip(".,;") not in parser.lexicon.words})
+        m = evaluate_parser(parser, held, "heldout_phrasing")
+        m_unk = evaluate_parser(parser, held, "heldout_phrasing_unk", unknown="unk")
+        report("held-out phrasings (unknown words refused)", m, secs)
+        report("held-out phrasings (unknown words read as <UNK>)", m_unk, 0)
+        print(f"  words of the held-out phrasings never seen in training: {', '.join(new_words) or 'none'}")
+        results["phrasing"] = {**m, **m_unk, "seconds": secs, "new_words": new_words}
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"\nresults: {args.out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""``nscl.ask``: one question about one image, with the parsed program and a step-by-step trace."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nscl.ask import AskResult, ask, read_boxes
+from nscl.domain import Domain
+from nscl.errors import NSCLError
+from nscl.models.nscl import NSCL, ModelConfig
+from nscl.models.parser import ParserConfig, parser_state, program_from_str
+from nscl.models.perception import PerceptionConfig
+from nscl.training.checkpoint import save_checkpoint
+from nscl.training.parser_training import ParserTrainConfig, run_programs, train_parser_on_pairs
+from nscl.training.trainer import TrainConfig, checkpoint_state
+
+HEIGHT = 48  # the generated fixture's image height (conftest.GEN_HEIGHT): no resizing
+PAIRS = [
+    ("How many things are there?", "count(scene())"),
+    ("How many red things are there?", "count(filter(scene(), [red]))"),
+    ("What color is the large cylinder?", "query(color, filter(scene(), [large, cylinder]))"),
+    ("What shape is the small metal thing?", "query(shape, filter(scene(), [small, metal]))"),
+    ("Is there a blue sphere?", "exist(filter(scene(), [blue, sphere]))"),
+    ("What color is the sphere left of the cube?",
+     "query(color, filter(relate(filter(scene(), [cube]), left), [sphere]))"),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def setup(domain: Domain, gen_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A checkpoint with a small randomly initialised NSCL model and a parser trained on PAIRS."""
+    torch.manual_seed(0)
+    mcfg = ModelConfig(perception=PerceptionConfig(width=8, feature_dim=32, pair_dim=16))
+    model = NSCL(domain, mcfg)
+    cfg = TrainConfig(image_height=HEIGHT, model=mcfg)
+    pcfg = ParserTrainConfig(epochs=50, batch_size=8, lr=1e-2,
+                             model=ParserConfig(embedding_dim=16, hidden_dim=32, dropout=0.0, max_length=40))
+    parser = train_parser_on_pairs(domain, [q for q, _ in PAIRS], [program_from_str(p, domain) for _, p in PAIRS],
+                                   pcfg)
+    root = tmp_path_factory.mktemp("ask")
+    state = checkpoint_state(model, cfg, domain, None, None, 0, {}, None)
+    save_checkpoint(root / "model.pth", {**state, "parser": parser_state(parser)})
+    save_checkpoint(root / "no_parser.pth", state)
+    scenes = json.loads((gen_root / "train" / "scenes.json").read_text())["scenes"]
+    scene = scenes[3]
+    boxes = root / "boxes.json"
+    boxes.write_text(json.dumps([o["box"] for o in scene["objects"]]))
+    return {
+        "ckpt": root / "model.pth",
+        "no_parser": root / "no_parser.pth",
+        "image": gen_root / "train" / "images" / scene["image_filename"],
+        "scenes": gen_root / "train" / "scenes.json",
+        "index": scene["image_index"],
+        "scene": scene,
+        "boxes": boxes,
+        "model": model,
+    }
+
+
+def test_count_everything_gives_the_number_of_objects(setup: dict) -> None:
+    n = len(setup["scene"]["objects"])
+    r = ask(setup["ckpt"], setup["image"], "How many things are there?", scene_json=setup["scenes"],
+            index=setup["index"])
+    assert isinstance(r, AskResult)
+    assert r.program == "count(scene())"
+    assert r.answer == str(n) and r.confidence > 0.99
+    assert [s.op for s in r.steps] == ["scene", "count"]
+    objs = r.steps[0].objects
+    assert [o.index for o in objs] == list(range(n)) and all(o.prob > 0.99 for o in objs)
+    assert [o.box for o in objs] == [[float(v) for v in o["box"]] for o in setup["scene"]["objects"]]
+    assert r.steps[1].value == str(n)
+
+
+def test_answer_and_trace_match_the_batched_executor(setup: dict, domain: Domain, gen_dataset) -> None:
+    q = "What color is the large cylinder?"
+    r = ask(setup["ckpt"], setup["image"], q, scene_json=setup["scenes"], index=setup["index"])
+    prog = program_from_str(PAIRS[2][1], domain)
+    assert r.program == prog.to_str() and r.program_nscl == prog.to_json()
+    # The same image through the training data path (QADataset at the same height) and the executor.
+    row = gen_dataset.image_of_index[setup["index"]]
+    images, boxes, mask = gen_dataset.scene_batch(np.array([row]))
+    model = setup["model"].eval()
+    with torch.no_grad():
+        scene = model.perceive(images, boxes, mask)
+        out, _ = run_programs([prog], [0], scene, domain, True)
+    _, logits = out.query[2 + domain.attribute_names.index("color")]
+    expected = domain.attribute("color").concepts[int(logits[0].argmax())]
+    assert r.answer == expected
+    # A complete trace: one step per node, every object with its box, the query's distribution.
+    n = len(setup["scene"]["objects"])
+    assert [s.op for s in r.steps] == ["scene", "filter", "query"]
+    assert r.steps[1].concepts == ["large", "cylinder"]
+    assert len(r.steps[1].objects) == n and all(0 <= o.prob <= 1 for o in r.steps[1].objects)
+    query = r.steps[2]
+    assert query.attribute == "color" and len(query.input_objects) == 1
+    assert abs(sum(o.prob for o in query.input_objects[0]) - 1) < 1e-4
+    assert set(query.distribution) == set(domain.attribute("color").concepts)
+    assert abs(sum(query.distribution.values()) - 1) < 1e-4
+    assert r.confidence == pytest.approx(query.distribution[r.answer], abs=1e-6)
+    text = r.format_trace()
+    assert "Program:  query(color, filter(scene(), [large, cylinder]))" in text
+    assert f"Answer: {r.answer}" in text and "#0" in text
+    assert json.loads(json.dumps(r.to_json()))["answer"] == r.answer
+
+
+def test_boxes_file_gives_the_same_result(setup: dict) -> None:
+    q = "Is there a blue sphere?"
+    a = ask(setup["ckpt"], setup["image"], q, scene_json=setup["scenes"], index=setup["index"])
+    b = ask(setup["ckpt"], setup["image"], q, boxes_json=setup["boxes"])
+    assert a.answer == b.answer in ("yes", "no")
+    assert a.confidence == pytest.approx(b.confidence) and 0.5 <= a.confidence <= 1
+
+
+def test_relation_steps_show_the_chosen_object(setup: dict) -> None:
+    r = ask(setup["ckpt"], setup["image"], "What color is the ball left of the block?", boxes_json=setup["boxes"])
+    assert r.program == "query(color, filter(relate(filter(scene(), [cube]), left), [sphere]))"
+    relate = next(s for s in r.steps if s.op == "relate")
+    assert relate.concepts == ["left"] and len(relate.input_objects) == 1
+    assert "input 0 is object #" in r.format_trace()
+
+
+def test_errors_are_clear(setup: dict, domain: Domain) -> None:
+    with pytest.raises(NSCLError, match="unknown word 'dog'"):
+        ask(setup["ckpt"], setup["image"], "What color is the dog?", boxes_json=setup["boxes"])
+    with pytest.raises(NSCLError, match="no parser"):
+        ask(setup["no_parser"], setup["image"], "How many things are there?", boxes_json=setup["boxes"])
+    with pytest.raises(NSCLError, match="exactly one"):
+        ask(setup["ckpt"], setup["image"], "How many things are there?")
+    with pytest.raises(NSCLError, match="image_index 99999"):
+        read_boxes(setup["image"], domain, scene_json=setup["scenes"], index=99999)
+
