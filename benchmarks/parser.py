@@ -47,6 +47,7 @@ from nscl.training.parser_training import (
     train_reinforce,
     train_supervised,
 )
+from nscl.vocab import tokenize
 
 
 def generate(out: Path, seed: int, split: str, images: int, domain: Domain, templates: Path | None = None) -> Path:
@@ -117,6 +118,8 @@ def main() -> None:
     g.add_argument("--oracle", action="store_true", help="REINFORCE with oracle perception (scene annotations)")
     g.add_argument("--perception", default=None, help="REINFORCE with this NSCL checkpoint's perception (frozen)")
     ap.add_argument("--skip-phrasing", action="store_true")
+    ap.add_argument("--phrasing-word-dropout", type=float, nargs="+", default=[0.0, 0.1],
+                    help="phrasing run: one parser per word-dropout rate (ordinary words read as <UNK>)")
     ap.add_argument("--hidden-dim", type=int, default=64)
     ap.add_argument("--embedding-dim", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
@@ -192,17 +195,17 @@ def main() -> None:
         tdir, hdir = split_templates(args.out)
         p_train = generate(args.out / "phrasing_train", args.seed, "train", args.train_images, domain, tdir)
         p_val = generate(args.out / "phrasing_heldout", args.seed + 1000, "val", args.val_images, domain, hdir)
-        parser, secs = train_full(domain, p_train, cfg, args.seed)
         held = examples_from_questions(read_questions(p_val / "questions.json", domain), domain)
-        new_words = sorted({w for e in held for w in e.question.lower().replace("?", " ").split()
-                            if w.strip(".,;") and w.strip(".,;") not in parser.vocab
-                            and w.strip(".,;") not in parser.lexicon.words})
-        m = evaluate_parser(parser, held, "heldout_phrasing")
-        m_unk = evaluate_parser(parser, held, "heldout_phrasing_unk", unknown="unk")
-        report("held-out phrasings (unknown words refused)", m, secs)
-        report("held-out phrasings (unknown words read as <UNK>)", m_unk, 0)
-        print(f"  words of the held-out phrasings never seen in training: {', '.join(new_words) or 'none'}")
-        results["phrasing"] = {**m, **m_unk, "seconds": secs, "new_words": new_words}
+        for rate in args.phrasing_word_dropout:
+            parser, secs = train_full(domain, p_train, dataclasses.replace(cfg, word_dropout=rate), args.seed)
+            new_words = sorted({w for e in held for w in tokenize(e.question)
+                                if w not in parser.vocab and w not in parser.lexicon.words})
+            m = evaluate_parser(parser, held, "heldout_phrasing")
+            m_unk = evaluate_parser(parser, held, "heldout_phrasing_unk", unknown="unk")
+            report(f"held-out phrasings, word dropout {rate} (unknown words refused)", m, secs)
+            report(f"held-out phrasings, word dropout {rate} (unknown words read as <UNK>)", m_unk, 0)
+            print(f"  {len(held)} questions; words never seen in training: {', '.join(new_words) or 'none'}")
+            results[f"phrasing_wd{rate}"] = {**m, **m_unk, "seconds": secs, "new_words": new_words}
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print(f"\nresults: {args.out / 'results.json'}")
 

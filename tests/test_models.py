@@ -121,6 +121,9 @@ def naive_features(p: Perception, images: torch.Tensor, boxes: torch.Tensor, mas
                     fine, box, k, spatial_scale=1.0 / p.trunk.fine_stride, sampling_ratio=2, aligned=True
                 )
                 parts.append(F.relu(fine_reduce(fp)).flatten())
+            if getattr(p, "crop_net", None) is not None:  # crop of the box from the image itself
+                crop = roi_align(x, box, p.cfg.pixel_roi, 1.0, sampling_ratio=2, aligned=True)
+                parts.append(p.crop_net(crop)[0])
             geom = box_geometry(boxes[b, i], H, W)
             objects[b, i] = F.normalize(p.object_fc(torch.cat([*parts, ctx, geom])), dim=0)
         for i in range(N):
@@ -132,10 +135,10 @@ def naive_features(p: Perception, images: torch.Tensor, boxes: torch.Tensor, mas
     return objects, pairs
 
 
-@pytest.mark.parametrize("fine_roi", [False, True])
-def test_roi_features_match_per_box_reference(domain, gen_dataset, fine_roi):
+@pytest.mark.parametrize("fine_roi,pixel_roi", [(False, 0), (True, 0), (True, 12)])
+def test_roi_features_match_per_box_reference(domain, gen_dataset, fine_roi, pixel_roi):
     if "fine_roi" in {f.name for f in dataclasses.fields(PerceptionConfig)}:
-        cfg = dataclasses.replace(SMALL, fine_roi=fine_roi)
+        cfg = dataclasses.replace(SMALL, fine_roi=fine_roi, pixel_roi=pixel_roi)
     elif fine_roi:
         pytest.skip("perception has no fine_roi option")
     else:

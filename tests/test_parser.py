@@ -357,3 +357,48 @@ def test_joint_step_updates_perception_and_parser(domain: Domain, gen_split, gen
     changed_parser = any(not torch.equal(a, b) for a, b in zip(before[len(list(model.parameters())):],
                                                                    parser.parameters()))
     assert changed_model and changed_parser
+
+
+# --------------------------------------------------------------------------------------------- nscl train
+def test_fit_parser_target_parser_then_all(domain: Domain, gen_root: Path, tmp_path: Path) -> None:
+    from nscl.data import SplitPaths
+    from nscl.models.nscl import NSCL, ModelConfig
+    from nscl.models.perception import PerceptionConfig
+    from nscl.training.parser_training import fit_parser_target
+    from nscl.training.trainer import TrainConfig, checkpoint_state
+
+    train, val = SplitPaths.resolve(gen_root / "train"), SplitPaths.resolve(gen_root / "val")
+    mcfg = ModelConfig(perception=PerceptionConfig(width=8, feature_dim=32, pair_dim=16))
+    cfg = TrainConfig(training_target="parser", data_split=0.8, validation_interval=1, epochs=1,
+                      image_height=48, model=mcfg)
+    pcfg = ParserTrainConfig(epochs=2, annotations=0, model=TINY)
+    res = fit_parser_target(cfg, domain, train, tmp_path / "p", torch.device("cpu"), val, progress=False,
+                            parser_cfg=pcfg)
+    assert 0 <= res.metrics["validation/acc/program_exact"] <= 1
+    assert "validationextra/acc/program_exact" in res.metrics
+    assert len((tmp_path / "p" / "metrics.jsonl").read_text().splitlines()) == 3  # 2 epochs + final
+    assert (tmp_path / "p" / "curves.png").stat().st_size > 0
+    parser = load_parser(res.checkpoint)
+    # Few annotations need a perception for REINFORCE.
+    with pytest.raises(NSCLError, match="--load"):
+        fit_parser_target(cfg, domain, train, tmp_path / "q", torch.device("cpu"), progress=False,
+                          parser_cfg=ParserTrainConfig(epochs=1, annotations=20, model=TINY))
+    # Joint fine-tuning from a checkpoint holding a (here untrained) NSCL model and the parser.
+    torch.manual_seed(0)
+    model = NSCL(domain, mcfg)
+    init = tmp_path / "init.pth"
+    save_checkpoint(init, {**checkpoint_state(model, cfg, domain, None, None, 0, {}, None),
+                           "parser": parser_state(parser)})
+    cfg_all = TrainConfig(training_target="all", data_split=0.8, validation_interval=1, epochs=1, batch_size=64,
+                          image_height=48, model=mcfg)
+    res = fit_parser_target(cfg_all, domain, train, tmp_path / "all", torch.device("cpu"), None, str(init),
+                            progress=False, parser_cfg=ParserTrainConfig(samples=1))
+    for key in ("validation/acc/qa", "validation/acc/qa_parsed", "validation/acc/program_exact"):
+        assert 0 <= res.metrics[key] <= 1
+    from nscl.training.checkpoint import load_checkpoint
+    from nscl.training.trainer import model_from_checkpoint
+
+    state = load_checkpoint(res.checkpoint)
+    tuned, _, _ = model_from_checkpoint(state)
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), tuned.state_dict().values()))
+    assert state["parser"] and load_parser(res.checkpoint) is not None

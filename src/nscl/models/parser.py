@@ -26,6 +26,7 @@ only produce programs that pass :meth:`Program.validate`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -149,6 +150,7 @@ class QuestionInfo:
     relation: np.ndarray  # (T,) int
     attribute: np.ndarray  # (T,) int
     available: np.ndarray  # (F,) bool: op's pointer slots all have a candidate token
+    text: str = ""  # the question as given (for messages)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -248,7 +250,7 @@ class Grammar:
         ]
 
     # ------------------------------------------------------------------------------------ questions
-    def question_info(self, tokens: Sequence[str], lexicon: Lexicon) -> QuestionInfo:
+    def question_info(self, tokens: Sequence[str], lexicon: Lexicon, text: str = "") -> QuestionInfo:
         d = self.domain
         cidx = {c: i for i, c in enumerate(d.object_concepts)}
         ridx = {c: i for i, c in enumerate(d.relation_concepts)}
@@ -272,7 +274,8 @@ class Grammar:
         has = {P_CONCEPTS: bool((concept >= 0).any()), P_RELATION: bool((relation >= 0).any()),
                P_ATTRIBUTE: bool((attribute >= 0).any())}
         available = np.array([all(has[k] for k in kinds) for kinds in self.pointer_ops] + [True])
-        return QuestionInfo(tuple(tokens), concept, concept_attr, relation, attribute, available)
+        return QuestionInfo(tuple(tokens), concept, concept_attr, relation, attribute, available,
+                            text or " ".join(tokens))
 
     # ------------------------------------------------------------------------------------ decoding
     def start(self) -> DecodeState:
@@ -384,45 +387,54 @@ class Grammar:
                 return np.nonzero(q.relation == ridx[value])[0]
             return np.nonzero(q.attribute == aidx[value])[0]
 
-        def words(i: int) -> set[int]:
+        def emit(i: int, flips: Mapping[int, bool], out: list[tuple[str, str | None]]) -> None:
             n = program.nodes[i]
-            out: set[int] = set()
-            kind = "relation" if n.op == "relate" else "concept"
-            for c in n.concepts:
-                out |= set(cand(kind, c).tolist())
-            if n.attribute is not None:
-                out |= set(cand("attribute", n.attribute).tolist())
-            for j in n.inputs:
-                out |= words(j)
-            return out
-
-        symbolic: list[tuple[str, str | None]] = []
-
-        def emit(i: int) -> None:
-            n = program.nodes[i]
-            symbolic.append(("op", n.op))
+            out.append(("op", n.op))
             for ch in self.children[self.op_index[n.op]]:
                 kind = self.pointer_kind.get(ch)
                 if kind == P_CONCEPTS:
                     for c in n.concepts:
-                        symbolic.append(("concept", c))
-                    symbolic.append(("end", None))
+                        out.append(("concept", c))
+                    out.append(("end", None))
                 elif kind == P_RELATION:
-                    symbolic.append(("relation", n.concepts[0]))
+                    out.append(("relation", n.concepts[0]))
                 elif kind == P_ATTRIBUTE:
-                    symbolic.append(("attribute", n.attribute))
+                    out.append(("attribute", n.attribute))
             inputs = list(n.inputs)
-            if order_by_text and n.op in _COMMUTATIVE and len(inputs) == 2:
-                # Read the two operands in the order the question mentions them (by the first word only
-                # one of them names); ties keep the program's order.
-                a, b = words(inputs[0]), words(inputs[1])
-                ua, ub = a - b, b - a
-                if ua and ub and min(ub) < min(ua):
-                    inputs.reverse()
+            if flips.get(i, False):
+                inputs.reverse()
             for j in inputs:
-                emit(j)
+                emit(j, flips, out)
 
-        emit(len(program.nodes) - 1)
+        def backtrack(seq: list[tuple[str, str | None]]) -> float:
+            """How far the pointers must jump back when the sequence reads the question as early as possible
+            (each argument at one of its words; dynamic programming over the choices)."""
+            best: dict[int, float] = {-1: 0.0}
+            for kind, value in seq:
+                if kind in ("op", "end"):
+                    continue
+                positions = cand(kind, value).tolist()  # type: ignore[arg-type]
+                if not positions:
+                    return math.inf
+                best = {p: min(c + max(0, prev - p) for prev, c in best.items()) for p in positions}
+            return min(best.values())
+
+        # Commutative operands (intersect, union, count_equal, query_attribute_equal) are read in the order
+        # that follows the question best; ties keep the program's order.
+        commutative = [i for i, n in enumerate(program.nodes) if n.op in _COMMUTATIVE and len(n.inputs) == 2]
+        root = len(program.nodes) - 1
+        symbolic: list[tuple[str, str | None]] = []
+        emit(root, {}, symbolic)
+        if order_by_text and commutative:
+            cost = backtrack(symbolic)
+            for bits in itertools.product((False, True), repeat=len(commutative)):
+                if not any(bits):
+                    continue
+                seq: list[tuple[str, str | None]] = []
+                emit(root, dict(zip(commutative, bits)), seq)
+                c = backtrack(seq)
+                if c < cost:
+                    symbolic, cost = seq, c
         L = len(symbolic)
         if max_length < L:
             raise ProgramError(f"program needs {L} decoder steps, more than max_length {max_length}")
@@ -558,7 +570,7 @@ class Parser(nn.Module):
                         err = f"cannot parse {text!r}: unknown word {w!r} (not in the parser's vocabulary)"
                     ids.append(self.vocab.index[UNK])
             rows.append(ids)
-            infos.append(self.grammar.question_info(tokens, self.lexicon))
+            infos.append(self.grammar.question_info(tokens, self.lexicon, text))
             errors.append(err)
         T = max(len(r) for r in rows) if rows else 1
         ids_t = torch.zeros(len(rows), T, dtype=torch.long)
@@ -718,7 +730,7 @@ class Parser(nn.Module):
             P_RELATION: "a relation such as " + ", ".join(d.relation_concepts),
             P_ATTRIBUTE: "an attribute such as " + ", ".join(d.attribute_names),
         }[missing]
-        return (f"cannot parse {' '.join(q.tokens)!r}: the parse needs {op!r}, but no word of the question "
+        return (f"cannot parse {q.text!r}: the parse needs {op!r}, but no word of the question "
                 f"names {examples}")
 
     @torch.no_grad()

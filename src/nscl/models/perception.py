@@ -36,6 +36,7 @@ class PerceptionConfig:
     pool_size: int = 7
     use_geometry: bool = True  # add box geometry to object and pair features
     fine_roi: bool = True  # small trunk: also pool the stride-4 map (finer shape detail)
+    pixel_roi: int = 16  # > 0: also crop each box from the image at this size and encode it with a small CNN
 
 
 @dataclass
@@ -72,7 +73,9 @@ class SmallTrunk(nn.Module):
         super().__init__()
         w = width
         self.fine = nn.Sequential(_conv(3, w, 4, norm, k=4), _conv(w, 2 * w, 1, norm))  # stride 4
-        self.body = nn.Sequential(self.fine, _conv(2 * w, 4 * w, 2, norm), _conv(4 * w, 4 * w, 1, norm))  # stride 8
+        self.body = nn.Sequential(
+            self.fine, _conv(2 * w, 4 * w, 2, norm), _conv(4 * w, 4 * w, 1, norm)
+        )  # stride 8
         self.channels = 4 * w
         self.stride = 8
         self.fine_channels = 2 * w
@@ -134,7 +137,23 @@ class Perception(nn.Module):
         # Optional second RoI pooling from the stride-4 map of the small trunk (finer shape detail).
         F4 = getattr(self.trunk, "fine_channels", 0) if cfg.fine_roi else 0
         self.fine_reduce = nn.Conv2d(F4, F4 // 2, 1) if F4 else None
-        self.object_fc = nn.Linear((C // 2) * k * k + (F4 // 2) * k * k + C // 2 + G, D)
+        # Optional crop branch: each box resampled from the image itself (RoI Align at stride 1), so small
+        # objects keep their silhouette at full resolution.
+        P = cfg.pixel_roi
+        self.crop_net = None
+        crop_dim = 0
+        if P:
+            self.crop_net = nn.Sequential(
+                nn.Conv2d(3, 32, 3, 1, 1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(32, 64, 3, 2, 1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(64, 64, 3, 2, 1),
+                nn.ReLU(inplace=True),
+                nn.Flatten(),
+            )
+            crop_dim = 64 * ((P + 3) // 4) ** 2
+        self.object_fc = nn.Linear((C // 2) * k * k + (F4 // 2) * k * k + crop_dim + C // 2 + G, D)
         self.pair_in = nn.Linear(D, cfg.pair_dim)
         self.pair_fc = nn.Sequential(
             nn.Linear(2 * cfg.pair_dim + 3 * G, cfg.pair_dim),
@@ -176,8 +195,17 @@ class Perception(nn.Module):
         )  # (K, C, k, k)
         pooled = F.relu(self.roi_reduce(pooled)).flatten(1)  # (K, C/2 * k * k)
         if fine is not None:
-            fp = roi_align(fine, rois, self.cfg.pool_size, 1.0 / self.trunk.fine_stride, sampling_ratio=2, aligned=True)
-            pooled = torch.cat([pooled, F.relu(self.fine_reduce(fp)).flatten(1)], dim=1)  # (K, (C + C4)/2 * k * k)
+            fp = roi_align(
+                fine, rois, self.cfg.pool_size, 1.0 / self.trunk.fine_stride, sampling_ratio=2, aligned=True
+            )
+            pooled = torch.cat(
+                [pooled, F.relu(self.fine_reduce(fp)).flatten(1)], dim=1
+            )  # (K, (C + C4)/2 * k * k)
+        if self.crop_net is not None:
+            crops = roi_align(
+                x, rois, self.cfg.pixel_roi, 1.0, sampling_ratio=2, aligned=True
+            )  # (K, 3, P, P)
+            pooled = torch.cat([pooled, self.crop_net(crops)], dim=1)
         ctx = F.relu(self.context(fmap)).mean(dim=(2, 3))  # (B, C/2)
         parts = [pooled, ctx[b_idx]]
         geom = box_geometry(boxes, H, W)  # (B, N, G)

@@ -37,7 +37,8 @@ from ..metrics import QAMeter
 from ..models.executor import AnswerKinds, Compiler, Executor, Output, ProgramBatch, SceneLogits
 from ..models.parser import Parser, ParserConfig, parser_from_state, parser_state
 from ..program import ClevrNode, ClevrProgram, Node, Program, translate
-from ..vocab import Vocab
+from ..vocab import SPECIALS as SPECIAL_WORDS
+from ..vocab import UNK, Vocab
 from .checkpoint import FORMAT, CheckpointError, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class ParserTrainConfig:
     baseline_momentum: float = 0.9
     entropy_weight: float = 0.0
     supervised_weight: float = 1.0  # REINFORCE steps also fit a batch of the K annotations
+    word_dropout: float = 0.0  # supervised: read ordinary words as <UNK> with this probability
     perception: str = "model"  # reward executor: "model" (frozen NSCL of --load) or "oracle" (scene labels)
     model: ParserConfig = field(default_factory=ParserConfig)
 
@@ -187,10 +189,17 @@ def _collate(items: Sequence[_Target], F_: int) -> dict[str, Tensor]:
     }
 
 
-def supervised_loss(parser: Parser, items: Sequence[_Target]) -> Tensor:
-    """Mean per-program negative log-likelihood of a batch of targets."""
+def supervised_loss(parser: Parser, items: Sequence[_Target], word_dropout: float = 0.0) -> Tensor:
+    """Mean per-program negative log-likelihood of a batch of targets. ``word_dropout``: each ordinary word
+    (not a lexicon class) is read as ``<UNK>`` with this probability, so that the parser copes with words it
+    never saw (``parse_many(..., unknown="unk")``)."""
     device = parser.embed.weight.device
-    b = {k: v.to(device) for k, v in _collate(items, parser.grammar.num_fixed).items()}
+    batch = _collate(items, parser.grammar.num_fixed)
+    if word_dropout > 0:
+        ids = batch["ids"]
+        words = (ids >= len(SPECIAL_WORDS)) & (ids < len(parser.vocab))
+        ids[words & (torch.rand(ids.shape) < word_dropout)] = parser.vocab.index[UNK]
+    b = {k: v.to(device) for k, v in batch.items()}
     return parser.teacher_forcing_loss(
         b["ids"], b["lengths"], b["slots"], b["masks"], b["targets"], b["steps"]
     ).mean()
@@ -234,7 +243,7 @@ def train_supervised(
         t0 = time.time()
         for s in range(0, len(order), cfg.batch_size):
             batch = [items[i] for i in order[s : s + cfg.batch_size]]
-            loss = supervised_loss(parser, batch)
+            loss = supervised_loss(parser, batch, cfg.word_dropout)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(parser.parameters(), cfg.grad_clip)
@@ -517,7 +526,8 @@ def train_reinforce(
             if items:
                 pick = rng.choice(len(items), size=min(cfg.batch_size, len(items)), replace=False)
                 parser.train()
-                loss = loss + cfg.supervised_weight * supervised_loss(parser, [items[i] for i in pick])
+                loss = loss + cfg.supervised_weight * supervised_loss(parser, [items[i] for i in pick],
+                                                                      cfg.word_dropout)
                 parser.eval()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -667,6 +677,20 @@ def evaluate_parser(
     return metrics
 
 
+def evaluate_parser_on_dataset(
+    parser: Parser, model: torch.nn.Module, questions: Sequence[Question], ds: Any, question_ids: Any,
+    prefix: str, device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Parser metrics for the trainer's evaluation of a checkpoint with a parser: ``{prefix}/acc/program_exact``,
+    ``{prefix}/acc/qa_parsed`` (and per type) and ``{prefix}/parse_errors`` on the QADataset questions
+    ``question_ids`` (``questions``: the split's questions, which ``ds.q_index`` points into). The
+    ground-truth ``acc/qa`` keys are left to the trainer's own evaluation."""
+    all_ex = examples_from_questions(questions, parser.domain)
+    examples = [all_ex[int(ds.q_index[i])] for i in question_ids]
+    m = evaluate_parser(parser, examples, prefix, ModelScenes(model, ds, device))
+    return {k: v for k, v in m.items() if not k.startswith(f"{prefix}/acc/qa/") and k != f"{prefix}/acc/qa"}
+
+
 # --------------------------------------------------------------------------------------------- CLEVR form
 def nscl_to_clevr(program: Program, domain: Domain) -> ClevrProgram:
     """The CLEVR-DSL form of an NS-CL program (the inverse of ``translate`` up to ``canonical``): filters
@@ -810,6 +834,7 @@ def fit_parser_target(
     extra_paths: SplitPaths | None = None,
     init: str | None = None,
     progress: bool = True,
+    parser_cfg: ParserTrainConfig | None = None,
 ) -> Any:
     """``nscl train --training-target parser|all``.
 
@@ -817,13 +842,14 @@ def fit_parser_target(
     when 0; then, with annotations > 0, REINFORCE on every training answer with the frozen NSCL of ``init``,
     or oracle perception if ``cfg.parser.perception == "oracle"``). all: joint fine-tuning of the NSCL model
     and parser stored in ``init`` for ``cfg.epochs`` epochs. Validates on the dev part and the extra split;
-    writes metrics.jsonl and checkpoint_last.pth (the NSCL checkpoint of ``init`` plus a ``parser`` key)."""
+    writes metrics.jsonl and checkpoint_last.pth (the NSCL checkpoint of ``init`` plus a ``parser`` key).
+    ``parser_cfg`` overrides ``cfg.parser`` (for a TrainConfig without that field)."""
     from .checkpoint import load_checkpoint
     from .data import QADataset
     from .trainer import FitResult, RunFiles, model_from_checkpoint
 
     t_start = time.time()
-    pcfg: ParserTrainConfig = getattr(cfg, "parser", None) or ParserTrainConfig()
+    pcfg: ParserTrainConfig = parser_cfg or getattr(cfg, "parser", None) or ParserTrainConfig()
     target = cfg.training_target
     if target not in ("parser", "all"):
         raise NSCLError(f"fit_parser_target: training target {target!r} is not parser or all")
@@ -831,7 +857,12 @@ def fit_parser_target(
     run.root.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run.log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-    logging.getLogger("nscl").addHandler(handler)
+    handler.setLevel(logging.INFO)
+    nscl_log = logging.getLogger("nscl")
+    old_level = nscl_log.level
+    if nscl_log.getEffectiveLevel() > logging.INFO:  # the run log always gets INFO
+        nscl_log.setLevel(logging.INFO)
+    nscl_log.addHandler(handler)
     try:
         torch.manual_seed(cfg.seed)
         if getattr(cfg, "threads", 0):
@@ -977,10 +1008,48 @@ def fit_parser_target(
         if base is None:
             extra_state["config"] = asdict(cfg) if hasattr(cfg, "__dataclass_fields__") else None
         save_checkpoint(run.checkpoint(), checkpoint_with_parser(parser, base, extra_state))
+        if records:
+            plot_parser_curves(records, run.curves)
         return FitResult(metrics, run.checkpoint(), run, time.time() - t_start, model)  # type: ignore[arg-type]
     finally:
-        logging.getLogger("nscl").removeHandler(handler)
+        nscl_log.removeHandler(handler)
+        nscl_log.setLevel(old_level)
         handler.close()
+
+
+def plot_parser_curves(records: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Training loss / reward and validation accuracies of a parser run, by epoch."""
+    import io as _io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..io import atomic_write
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, ax in (("train/parser_loss", ax1), ("train/loss", ax1), ("train/parser_reward", ax2)):
+        pts = [(r["epoch"], r[key]) for r in records if key in r]
+        if pts:
+            ax.plot(*zip(*pts), label=key)
+    for key in ("validation/acc/program_exact", "validation/acc/qa_parsed", "validation/acc/qa",
+                "validationextra/acc/qa_parsed"):
+        pts = [(r["epoch"], r[key]) for r in records if key in r]
+        if pts:
+            ax2.plot(*zip(*pts), marker="o", label=key)
+    ax1.set_xlabel("epoch")
+    ax1.set_yscale("log")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylim(0, 1.02)
+    for ax in (ax1, ax2):
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
 def make_joint_batch(
