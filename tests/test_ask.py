@@ -46,7 +46,7 @@ def setup(domain: Domain, gen_root: Path, tmp_path_factory: pytest.TempPathFacto
     mcfg = ModelConfig(perception=PerceptionConfig(width=8, feature_dim=32, pair_dim=16))
     model = NSCL(domain, mcfg)
     cfg = TrainConfig(image_height=HEIGHT, model=mcfg)
-    pcfg = ParserTrainConfig(epochs=50, batch_size=8, lr=1e-2,
+    pcfg = ParserTrainConfig(epochs=50, min_steps=0, batch_size=8, lr=1e-2,
                              model=ParserConfig(embedding_dim=16, hidden_dim=32, dropout=0.0, max_length=40))
     parser = train_parser_on_pairs(domain, [q for q, _ in PAIRS], [program_from_str(p, domain) for _, p in PAIRS],
                                    pcfg)

@@ -46,7 +46,7 @@ from nscl.training.parser_training import (
 from nscl.vocab import Vocab, tokenize
 
 TINY = ParserConfig(embedding_dim=16, hidden_dim=32, dropout=0.0, max_length=40)
-TINY_TRAIN = ParserTrainConfig(epochs=60, batch_size=16, lr=1e-2, model=TINY)
+TINY_TRAIN = ParserTrainConfig(epochs=60, min_steps=0, batch_size=16, lr=1e-2, model=TINY)
 
 # A small hand-written language. "cube" only ever names the *reference* object of a relation here.
 TRAIN_PAIRS = [
@@ -278,7 +278,7 @@ def test_reinforce_raises_accuracy_with_oracle_perception(domain: Domain, gen_sp
     count_q, exist_q = _toy_questions(gen_split, domain)
     scenes = OracleScenes(gen_split.scenes, domain)
     # One annotated example per family, trained a little: a weak parser.
-    cfg = ParserTrainConfig(epochs=3, batch_size=2, lr=3e-3, model=TINY, reinforce_epochs=3, reinforce_lr=3e-3,
+    cfg = ParserTrainConfig(epochs=3, min_steps=0, batch_size=2, lr=3e-3, model=TINY, reinforce_epochs=3, reinforce_lr=3e-3,
                             reinforce_batch_size=16, samples=4, supervised_weight=0.0)
     pairs = [count_q[0], exist_q[0]]
     torch.manual_seed(0)
@@ -344,9 +344,11 @@ def test_joint_step_updates_perception_and_parser(domain: Domain, gen_split, gen
 
     torch.manual_seed(0)
     model = NSCL(domain, ModelConfig(perception=PerceptionConfig(width=8, feature_dim=32, pair_dim=16)))
-    examples = examples_from_questions(gen_split.questions, domain)
-    parser = Parser(domain, Vocab.build(e.question for e in examples), TINY)
-    batch = make_joint_batch(examples[:20], gen_dataset, domain, "cpu")
+    examples = examples_from_questions(gen_split.questions, domain)[:20]
+    # A parser that has seen these programs, so that its programs depend on the perception.
+    parser = train_parser_on_pairs(domain, [e.question for e in examples], [e.program for e in examples],
+                                   ParserTrainConfig(epochs=15, min_steps=0, batch_size=10, lr=1e-2, model=TINY))
+    batch = make_joint_batch(examples, gen_dataset, domain, "cpu")
     params = list(model.parameters()) + list(parser.parameters())
     before = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=1e-3)
@@ -371,7 +373,7 @@ def test_fit_parser_target_parser_then_all(domain: Domain, gen_root: Path, tmp_p
     mcfg = ModelConfig(perception=PerceptionConfig(width=8, feature_dim=32, pair_dim=16))
     cfg = TrainConfig(training_target="parser", data_split=0.8, validation_interval=1, epochs=1,
                       image_height=48, model=mcfg)
-    pcfg = ParserTrainConfig(epochs=2, annotations=0, model=TINY)
+    pcfg = ParserTrainConfig(epochs=2, min_steps=0, annotations=0, model=TINY)
     res = fit_parser_target(cfg, domain, train, tmp_path / "p", torch.device("cpu"), val, progress=False,
                             parser_cfg=pcfg)
     assert 0 <= res.metrics["validation/acc/program_exact"] <= 1
@@ -382,7 +384,7 @@ def test_fit_parser_target_parser_then_all(domain: Domain, gen_root: Path, tmp_p
     # Few annotations need a perception for REINFORCE.
     with pytest.raises(NSCLError, match="--load"):
         fit_parser_target(cfg, domain, train, tmp_path / "q", torch.device("cpu"), progress=False,
-                          parser_cfg=ParserTrainConfig(epochs=1, annotations=20, model=TINY))
+                          parser_cfg=ParserTrainConfig(epochs=1, min_steps=0, annotations=20, model=TINY))
     # Joint fine-tuning from a checkpoint holding a (here untrained) NSCL model and the parser.
     torch.manual_seed(0)
     model = NSCL(domain, mcfg)

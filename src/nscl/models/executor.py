@@ -230,10 +230,12 @@ class Args:
     concepts: Tensor  # (k, K) concept ids, -1 padding
     param: Tensor  # (k,) relation concept or attribute index
     quantize: bool
+    mask: Tensor | None = None  # (k, N) real objects of each question's image (gathered once per group)
 
 
 def unique(x: Tensor, mask: Tensor, quantize: bool) -> Tensor:
-    """(k, N) logits -> (k, N) distribution over the objects: softmax, or one-hot argmax when quantised."""
+    """(k, N) logits -> (k, N) distribution over the objects: softmax, or one-hot argmax when quantised.
+    Padding objects get PAD (-100), so they never take probability mass."""
     x = x.masked_fill(~mask, PAD)
     if quantize:
         return F.one_hot(x.argmax(-1), x.shape[-1]).to(x.dtype)
@@ -247,7 +249,7 @@ def count(x: Tensor, mask: Tensor, quantize: bool) -> Tensor:
 
 
 def _mask(a: Args) -> Tensor:
-    return a.scene.mask[a.img]  # (k, N)
+    return a.mask if a.mask is not None else a.scene.mask[a.img]  # (k, N)
 
 
 def op_scene(a: Args) -> Tensor:
@@ -372,7 +374,7 @@ class Executor:
             name = OP_NAMES[g.op]
             x = bank[g.x] if bank is not None else None  # (k, N)
             y = bank[g.y] if bank is not None else None
-            args = Args(scene, g.images, x, y, g.concepts, g.param, quantize)
+            args = Args(scene, g.images, x, y, g.concepts, g.param, quantize, scene.mask[g.images])
             if name in SET_OPS:
                 parts.append(SET_OPS[name](args))
             elif name in SCALAR_OPS:

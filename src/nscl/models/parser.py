@@ -472,8 +472,8 @@ _COMMUTATIVE = frozenset({"intersect", "union", "count_equal", "query_attribute_
 # --------------------------------------------------------------------------------------------- model
 @dataclass(frozen=True)
 class ParserConfig:
-    embedding_dim: int = 64  # E
-    hidden_dim: int = 128  # H per direction; the decoder has D = 2H
+    embedding_dim: int = 32  # E
+    hidden_dim: int = 64  # H per direction; the decoder has D = 2H
     dropout: float = 0.1
     max_length: int = 64  # decoder steps (actions) per program
     delexicalize: bool = True  # the encoder sees lexicon words only through their class

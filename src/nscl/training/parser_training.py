@@ -44,6 +44,7 @@ from .checkpoint import FORMAT, CheckpointError, save_checkpoint
 log = logging.getLogger(__name__)
 
 REWARDS = ("answer", "release")
+PERCEPTIONS = ("model", "oracle")
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,10 @@ class ParserTrainConfig:
     """Parser training (``TrainConfig.parser`` when nested; ``--set parser.epochs=40``)."""
 
     annotations: int = 0  # K annotated programs (stratified by family); 0 = every annotated question
-    epochs: int = 30  # supervised epochs
+    epochs: int = 15  # supervised epochs over the annotated questions ...
+    min_steps: int = 500  # ... but at least this many optimiser steps (few annotations: more epochs)
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     reinforce_epochs: int = 10  # after supervised training, when annotations > 0
@@ -67,6 +69,16 @@ class ParserTrainConfig:
     word_dropout: float = 0.0  # supervised: read ordinary words as <UNK> with this probability
     perception: str = "model"  # reward executor: "model" (frozen NSCL of --load) or "oracle" (scene labels)
     model: ParserConfig = field(default_factory=ParserConfig)
+
+    def __post_init__(self) -> None:
+        from ..config import ConfigError
+
+        if self.reward not in REWARDS:
+            raise ConfigError(f"parser.reward must be one of {', '.join(REWARDS)}, not {self.reward!r}")
+        if self.perception not in PERCEPTIONS:
+            raise ConfigError(
+                f"parser.perception must be one of {', '.join(PERCEPTIONS)}, not {self.perception!r}"
+            )
 
 
 # --------------------------------------------------------------------------------------------- examples
@@ -218,8 +230,9 @@ def train_supervised(
     seed: int = 0,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
-    """Teacher forcing for ``cfg.epochs`` epochs on the annotated ``examples``; returns per-epoch records
-    (``train/parser_loss``). ``on_epoch(epoch, record)`` may add validation metrics to the record."""
+    """Teacher forcing on the annotated ``examples`` for ``cfg.epochs`` epochs, or more to make at least
+    ``cfg.min_steps`` steps; returns per-epoch records (``train/parser_loss``). ``on_epoch(epoch, record)``
+    may add validation metrics to the record."""
     items, skipped = build_targets(parser, examples)
     if not items:
         raise NSCLError("no annotated question can be used to train the parser")
@@ -229,14 +242,15 @@ def train_supervised(
     rng = np.random.default_rng([seed, 17])
     history = []
     steps_per_epoch = max(1, math.ceil(len(items) / cfg.batch_size))
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch)) if cfg.epochs > 0 else 0
     sched = (
         torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * steps_per_epoch), pct_start=0.1
+            opt, max_lr=cfg.lr, total_steps=max(1, epochs * steps_per_epoch), pct_start=0.1
         )
-        if cfg.epochs > 0
+        if epochs > 0
         else None
     )
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(1, epochs + 1):
         parser.train()
         order = rng.permutation(len(items))
         tot, n = 0.0, 0
@@ -582,7 +596,7 @@ def joint_step(
     scene = model.perceive(batch.images, batch.boxes, batch.mask)
     enc_q, errs = parser.encode_questions(batch.questions, "error")
     with torch.no_grad():
-        greedy = parser.decode(enc_q, "greedy", errors=errs)
+        greedy = parser.decode(enc_q, "greedy", strict=False, errors=errs)  # its best executable program
     out, valid = run_programs(greedy.programs, batch.rows, scene, domain, False, compiler)
     loss_qa, correct_g, _ = qa_loss(out, batch.targets)
     loss_qa = (loss_qa * valid).sum() / valid.sum().clamp(min=1)
@@ -935,16 +949,16 @@ def fit_parser_target(
 
             def sup_epoch(epoch: int, rec: dict[str, Any]) -> None:
                 rec["stage"] = "supervised"
-                if (epoch % interval == 0 or epoch == pcfg.epochs) and dev_ex:
+                if epoch % interval == 0 and dev_ex:
                     rec.update(evaluate_parser(parser, dev_ex, "validation"))
                 write(rec)
 
-            train_supervised(parser, annotated, pcfg, cfg.seed, sup_epoch)
+            n_sup = len(train_supervised(parser, annotated, pcfg, cfg.seed, sup_epoch))
             if do_rl:
 
                 def rl_epoch(epoch: int, rec: dict[str, Any]) -> None:
                     rec["stage"] = "reinforce"
-                    rec["epoch"] = pcfg.epochs + epoch
+                    rec["epoch"] = n_sup + epoch
                     if dev_ex and (epoch % interval == 0 or epoch == pcfg.reinforce_epochs):
                         rec.update(evaluate_parser(parser, dev_ex, "validation"))
                     write(rec)
