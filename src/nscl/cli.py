@@ -115,7 +115,9 @@ def _generate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-objects", type=int, default=10)
     p.add_argument("--cogent", choices=["A", "B"], default=None, help="CLEVR-CoGenT colour/shape condition")
     p.add_argument("--templates", default=None, help="folder of CLEVR-format template files (default: ours)")
-    p.add_argument("--synonyms", default=None, help="CLEVR-format synonyms.json for --templates (default: ours)")
+    p.add_argument(
+        "--synonyms", default=None, help="CLEVR-format synonyms.json for --templates (default: ours)"
+    )
     p.add_argument("--supersample", type=int, default=2, help="antialiasing rays per pixel side")
     p.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
     p.add_argument("--no-progress", action="store_true")
@@ -166,8 +168,18 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     # Flags left unset keep the value of --config (or TrainConfig's default, given in brackets).
     p.add_argument(
         "--training-target",
-        choices=["derender"],
-        help="what to train [derender: perception and concepts from QA with given programs]",
+        choices=["derender", "parser", "all"],
+        help="what to train [derender: perception and concepts from QA with given programs; parser: the semantic "
+        "parser (supervised, then REINFORCE with the frozen --load model when --parser-annotations K > 0); all: "
+        "joint fine-tuning of the --load model and its parser]",
+    )
+    p.add_argument(
+        "--parser-annotations",
+        type=int,
+        default=None,
+        metavar="K",
+        help="parser: train on K program annotations, stratified by question family, then REINFORCE on answers "
+        "[0: every annotation, no REINFORCE]",
     )
     p.add_argument("--curriculum", choices=["all", "off"], help="[all]")
     p.add_argument("--dataset", default="clevr", choices=["clevr"])
@@ -196,7 +208,11 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--run-dir", default=None, help="where logs, metrics, curves and checkpoints go")
     p.add_argument("--evaluate", action="store_true", help="only evaluate the --load checkpoint")
-    p.add_argument("--load", default=None, help="checkpoint to evaluate")
+    p.add_argument(
+        "--load",
+        default=None,
+        help="checkpoint to evaluate; with --training-target parser|all, the NSCL checkpoint to start from",
+    )
     p.add_argument("--resume", default=None, help="checkpoint to continue training from")
     p.add_argument("--use-tb", action="store_true", help="also write TensorBoard events")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
@@ -235,6 +251,7 @@ def train_config_from_args(args: argparse.Namespace):  # noqa: ANN201
         ("seed", "seed"),
         ("backbone", "model.perception.backbone"),
         ("pretrained", "model.perception.pretrained"),
+        ("parser_annotations", "parser.annotations"),
     ):
         if getattr(args, flag) is not None:
             updates[key] = getattr(args, flag)
@@ -283,6 +300,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
         use_tb=args.use_tb,
+        init=args.load,
     )
     print(format_table(res.metrics, "validation"))
     if extra is not None:
@@ -381,7 +399,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     root = Path(args.data_dir)
     common = dict(width=args.width, height=args.height, workers=0)
     log.info(
-        "[1/3] generating %d train images (seed %d) and %d held-out val images (seed %d) in %s",
+        "[1/5] generating %d train images (seed %d) and %d held-out val images (seed %d) in %s",
         args.train_images,
         args.seed,
         args.val_images,
@@ -407,13 +425,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     train_paths = SplitPaths.resolve(root / "train-set" / "train")
     val_paths = SplitPaths.resolve(root / "val-set" / "val")
     log.info(
-        "[2/3] training (%s, %d epochs) on %s",
+        "[2/5] training (%s, %d epochs) on %s",
         cfg_path.name if cfg_path.exists() else "defaults",
         cfg.epochs,
         device,
     )
     res = fit(cfg, domain, train_paths, args.run_dir, device, progress=not args.no_progress)
-    log.info("[3/3] evaluating on the held-out val split")
+    log.info("[3/5] evaluating on the held-out val split")
     metrics = evaluate_checkpoint(res.checkpoint, val_paths, None, device, progress=False, data_split=0.0)
     print()
     print("QA accuracy on the held-out val split (test mode):")
@@ -422,19 +440,173 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("Concept classification (paper's Table 2), held-out val split:")
     print(format_table({k: v for k, v in metrics.items() if "/acc/qa" not in k}, "validation"))
     print()
+    # Parser: supervised on the training programs, starting from the trained model; then ask in English.
+    import dataclasses
+
+    from .ask import ask
+    from .data import read_questions, read_scenes
+
+    log.info("[4/5] training the semantic parser (%d epochs) on the training questions", cfg.parser.epochs)
+    pcfg = dataclasses.replace(cfg, training_target="parser")
+    pres = fit(
+        pcfg,
+        domain,
+        train_paths,
+        Path(args.run_dir) / "parser",
+        device,
+        val_paths,
+        progress=not args.no_progress,
+        init=str(res.checkpoint),
+    )
+    print()
+    print(
+        "Semantic parser on the held-out val split (exact program match; QA with parsed vs given programs):"
+    )
+    keys = ("validationextra/acc/program_exact", "validationextra/acc/qa_parsed", "validationextra/acc/qa")
+    print(format_table({k: v for k, v in pres.metrics.items() if k in keys}, "validationextra"))
+    log.info("[5/5] asking questions about a held-out image")
+    scene = read_scenes(val_paths.scenes, domain)[0]
+    stored = [q for q in read_questions(val_paths.questions, domain) if q.image_index == scene.image_index][
+        :3
+    ]
+    image = val_paths.images / scene.image_filename
+    for text, truth in [
+        *((q.question, q.answer) for q in stored),
+        ("How many objects are there?", str(len(scene.objects))),
+    ]:
+        print()
+        try:
+            result = ask(
+                pres.checkpoint,
+                image,
+                text,
+                scene_json=val_paths.scenes,
+                index=scene.image_index,
+                device=device,
+            )
+        except NSCLError as e:  # an unparsable question is reported, not fatal
+            print(f"Question: {text}\n{e}")
+            continue
+        print(result.format_trace())
+        print(f"(ground truth: {truth})")
     import resource
 
-    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    print(f"generation {t_gen:.0f}s, training {res.seconds:.0f}s, total {time.time() - t0:.0f}s, "
-          f"peak memory {peak / 2**20:.2f} GiB (largest process)")
+    peak = max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+    )
+    print()
     print(
-        f"checkpoint: {res.checkpoint}\nlog:        {res.run.log}\nmetrics:    {res.run.metrics}\n"
-        f"curves:     {res.run.curves}"
+        f"generation {t_gen:.0f}s, training {res.seconds:.0f}s, parser {pres.seconds:.0f}s, "
+        f"total {time.time() - t0:.0f}s, peak memory {peak / 2**20:.2f} GiB (largest process)"
+    )
+    print(
+        f"checkpoint: {pres.checkpoint} (model and parser)\nlog:        {res.run.log}\n"
+        f"metrics:    {res.run.metrics}\ncurves:     {res.run.curves}"
+    )
+    print(
+        f"ask your own: nscl ask --load {pres.checkpoint} --image {image} --scene-json {val_paths.scenes} "
+        f'--index {scene.image_index} "What color is the large cube?"'
     )
     return 0
 
 
 _register("demo", "the main job: generate data, train, evaluate, print the tables", _demo_flags, "cmd_demo")
+
+
+def _parse_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("questions", nargs="*", help="questions to parse (printed as programs)")
+    p.add_argument("--load", required=True, help="checkpoint holding a parser")
+    p.add_argument("--questions-json", default=None, help="parse every question of this questions.json")
+    p.add_argument(
+        "--output",
+        "-o",
+        default=None,
+        help="questions.json to write: every field kept, the parser's program under 'program' (CLEVR "
+        "form) and 'program_nscl' (the original program moves to 'program_original')",
+    )
+    p.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
+    p.add_argument(
+        "--skip-errors",
+        action="store_true",
+        help="with --questions-json: mark unparsable questions with 'parse_error' instead of stopping",
+    )
+    p.add_argument(
+        "--unknown-as-unk",
+        action="store_true",
+        help="read words outside the parser's vocabulary as <UNK> instead of refusing the question",
+    )
+
+
+def cmd_parse(args: argparse.Namespace) -> int:
+    from .training.parser_training import load_parser, parse_questions_file
+
+    if not args.questions and not args.questions_json:
+        raise NSCLError("give questions to parse, or --questions-json FILE --output FILE")
+    if args.questions_json and not args.output:
+        raise NSCLError("--questions-json needs --output")
+    parser = load_parser(args.load)
+    unknown = "unk" if args.unknown_as_unk else "error"
+    if args.questions:
+        programs, errors = parser.parse_many(args.questions, args.beam, unknown)
+        for q, prog, err in zip(args.questions, programs, errors):
+            print(f"{q}\n  {prog.to_str() if prog is not None else 'error: ' + str(err)}")
+        if any(e is not None for e in errors) and not args.questions_json:
+            return 1
+    if args.questions_json:
+        counts = parse_questions_file(
+            parser, args.questions_json, args.output, args.beam, args.skip_errors, unknown
+        )
+        log.info(
+            "wrote %s (%d questions, %d parsed, %d errors)",
+            args.output,
+            counts["questions"],
+            counts["parsed"],
+            counts["errors"],
+        )
+    return 0
+
+
+def _ask_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("question", help='the question, e.g. "What color is the large sphere?"')
+    p.add_argument("--load", required=True, help="NSCL checkpoint with a parser (--training-target parser)")
+    p.add_argument("--image", required=True, help="the image file")
+    p.add_argument(
+        "--scene-json",
+        default=None,
+        help="scene file with the objects' boxes ('box' xyxy pixels or RLE 'mask')",
+    )
+    p.add_argument("--index", type=int, default=None, help="image_index of the scene in --scene-json")
+    p.add_argument("--boxes-json", default=None, help="JSON list of object boxes [x0, y0, x1, y1] in pixels")
+    p.add_argument("--beam", type=int, default=1, help="parser beam size (1: greedy)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    import json
+
+    from .ask import ask
+    from .training.trainer import resolve_device
+
+    res = ask(
+        args.load,
+        args.image,
+        args.question,
+        scene_json=args.scene_json,
+        index=args.index,
+        boxes_json=args.boxes_json,
+        beam_size=args.beam,
+        device=resolve_device(args.device),
+    )
+    print(json.dumps(res.to_json(), indent=1) if args.json else res.format_trace())
+    return 0
+
+
+_register("parse", "parse questions into NS-CL programs with a trained parser", _parse_flags, "cmd_parse")
+_register(
+    "ask", "answer a question about an image, showing the program and every step", _ask_flags, "cmd_ask"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

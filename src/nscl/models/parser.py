@@ -36,6 +36,7 @@ from importlib import resources
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..domain import OBJECT, OBJECT_SET, P_ATTRIBUTE, P_CONCEPTS, P_RELATION, Domain
@@ -539,6 +540,10 @@ class Parser(nn.Module):
         self.op_head = nn.Linear(D, g.num_fixed)
         self.ptr_query = nn.Linear(D, D)
         self.ptr_key = nn.Linear(D, D)
+        # Coverage: tokens already pointed at get these key offsets (attention, pointer), so the decoder can
+        # tell the phrase it has read from the one it has not.
+        self.cov_att = nn.Parameter(torch.zeros(D))
+        self.cov_ptr = nn.Parameter(torch.zeros(D))
         self.drop = nn.Dropout(cfg.dropout)
 
     # ------------------------------------------------------------------------------------ inputs
@@ -592,21 +597,34 @@ class Parser(nn.Module):
         return enc, mask, h0
 
     def step(
-        self, h: Tensor, ctx: Tensor, prev: Tensor, slot: Tensor, enc: Tensor, keys: Tensor, pad: Tensor
+        self, h: Tensor, ctx: Tensor, prev: Tensor, slot: Tensor, enc: Tensor, keys: Tensor, pad: Tensor,
+        covered: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One decoder step. h, ctx (Tensor[B, D]); prev (Tensor[B, E]) feedback of the last action; slot
-        (Tensor[B]); enc, keys (Tensor[B, T, D]); pad (Tensor[B, T]). Returns the new h, ctx and the action
-        logits (Tensor[B, F + T])."""
+        (Tensor[B]); enc, keys (Tensor[B, T, D]); pad (Tensor[B, T]); covered (Tensor[B, T]) 1 at tokens
+        already pointed at. Returns the new h, ctx and the action logits (Tensor[B, F + T])."""
         D = h.shape[-1]
         x = torch.cat([prev, self.slot_embed(slot), ctx], dim=-1)  # (B, 2E + D)
         h = self.cell(self.drop(x), h)
-        att = (self.att_query(h)[:, None, :] * enc).sum(-1) / math.sqrt(D)  # (B, T)
-        att = torch.softmax(att.masked_fill(~pad, NEG), dim=-1)
+        q = self.att_query(h)  # (B, D)
+        att = (q[:, None, :] * enc).sum(-1)  # (B, T)
+        if covered is not None:
+            att = att + covered * (q @ self.cov_att)[:, None]
+        att = torch.softmax((att / math.sqrt(D)).masked_fill(~pad, NEG), dim=-1)
         ctx = (att[:, :, None] * enc).sum(1)  # (B, D)
         o = torch.tanh(self.out(self.drop(torch.cat([h, ctx], dim=-1))))  # (B, D)
         op_logits = self.op_head(o)  # (B, F)
-        ptr_logits = (self.ptr_query(o)[:, None, :] * keys).sum(-1) / math.sqrt(D)  # (B, T)
-        return h, ctx, torch.cat([op_logits, ptr_logits], dim=-1)
+        pq = self.ptr_query(o)  # (B, D)
+        ptr_logits = (pq[:, None, :] * keys).sum(-1)  # (B, T)
+        if covered is not None:
+            ptr_logits = ptr_logits + covered * (pq @ self.cov_ptr)[:, None]
+        return h, ctx, torch.cat([op_logits, ptr_logits / math.sqrt(D)], dim=-1)
+
+    def cover(self, covered: Tensor, actions: Tensor) -> Tensor:
+        """covered (Tensor[B, T]) with the tokens pointed at by ``actions`` (Tensor[B]) marked."""
+        F_ = self.grammar.num_fixed
+        hit = F.one_hot((actions - F_).clamp(min=0), covered.shape[1] + 1)[:, : covered.shape[1]]
+        return torch.maximum(covered, hit.to(covered.dtype) * (actions >= F_)[:, None])
 
     def feedback(self, actions: Tensor, enc: Tensor) -> Tensor:
         """Embedding (Tensor[B, E]) of the chosen actions (Tensor[B]): op embeddings, or the pointed token's
@@ -635,16 +653,19 @@ class Parser(nn.Module):
         B, L = slots.shape
         ctx = enc.new_zeros(B, enc.shape[-1])
         prev = self._start(B, ids.device)
+        covered = enc.new_zeros(B, ids.shape[1])
         nll = enc.new_zeros(B)
         for t in range(L):
             active = t < steps  # (B,)
-            h, ctx, logits = self.step(h, ctx, prev, slots[:, t], enc, keys, pad)
+            h, ctx, logits = self.step(h, ctx, prev, slots[:, t], enc, keys, pad, covered)
             m = masks[:, t] | ~active[:, None]
             tg = targets[:, t] | (~active[:, None] & m)
             lm = logits.masked_fill(~m, NEG)
             lt = logits.masked_fill(~tg, NEG)
             nll = nll + (torch.logsumexp(lm, -1) - torch.logsumexp(lt, -1)) * active
-            prev = self.feedback(lt.detach().argmax(-1), enc)
+            chosen = lt.detach().argmax(-1)
+            prev = self.feedback(chosen, enc)
+            covered = self.cover(covered, chosen * active)
         return nll
 
     # ------------------------------------------------------------------------------------ decoding
@@ -672,6 +693,7 @@ class Parser(nn.Module):
                 states[b].stack.clear()
         ctx = enc.new_zeros(B, enc.shape[-1])
         prev = self._start(B, device)
+        covered = enc.new_zeros(B, T)
         log_prob = enc.new_zeros(B)
         entropy = enc.new_zeros(B)
         L = self.cfg.max_length
@@ -688,7 +710,8 @@ class Parser(nn.Module):
             mask = torch.from_numpy(mask_np).to(device)
             active = mask.any(-1)
             mask[~active, 0] = True  # finished rows: a dummy action, ignored
-            h, ctx, logits = self.step(h, ctx, prev, torch.from_numpy(slot_np).to(device), enc, keys, pad)
+            h, ctx, logits = self.step(h, ctx, prev, torch.from_numpy(slot_np).to(device), enc, keys, pad,
+                                       covered)
             lm = logits.masked_fill(~mask, NEG)
             logp = torch.log_softmax(lm, -1)
             if mode == "sample":
@@ -710,6 +733,7 @@ class Parser(nn.Module):
                 else:
                     g.advance(states[b], a_cpu[b], q)
             prev = self.feedback(a, enc)
+            covered = self.cover(covered, a)
         programs: list[Program | None] = []
         for b in range(B):
             if errs[b] is not None:
@@ -752,6 +776,7 @@ class Parser(nn.Module):
             keys = self.ptr_key(enc)
             beams = [g.start()]
             hs, ctxs = h, enc.new_zeros(1, enc.shape[-1])
+            covs = enc.new_zeros(1, enc.shape[1])
             prev = self._start(1, device)
             finished: list[DecodeState] = []
             for t in range(L):
@@ -760,7 +785,7 @@ class Parser(nn.Module):
                 k = len(beams)
                 slot = torch.tensor([s.stack[-1][0] for s in beams], device=device)
                 hs, ctxs, logits = self.step(hs, ctxs, prev, slot, enc.expand(k, -1, -1),
-                                             keys.expand(k, -1, -1), pad.expand(k, -1))
+                                             keys.expand(k, -1, -1), pad.expand(k, -1), covs)
                 mask = torch.from_numpy(np.stack([g.allowed(s, t, L, q, check_available=False)
                                                   for s in beams])).to(device)
                 logp = torch.log_softmax(logits.masked_fill(~mask, NEG), -1).masked_fill(~mask, -math.inf)
@@ -796,8 +821,9 @@ class Parser(nn.Module):
                 if beams:
                     sel = torch.tensor([rows[i] for i in keep], device=device)
                     hs, ctxs = hs[sel], ctxs[sel]
-                    prev = self.feedback(torch.tensor([acts[i] for i in keep], device=device),
-                                         enc.expand(len(keep), -1, -1))
+                    chosen = torch.tensor([acts[i] for i in keep], device=device)
+                    prev = self.feedback(chosen, enc.expand(len(keep), -1, -1))
+                    covs = self.cover(covs[sel], chosen)
             out.append(max(finished, key=lambda s: s.score) if finished else None)
         return out
 

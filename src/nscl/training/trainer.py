@@ -23,6 +23,7 @@ from ..models.nscl import NSCL, ModelConfig
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .curriculum import RELEASE_TABLE, stage_at
 from .data import QADataset
+from .parser_training import ParserTrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # torch CPU threads, 0 = default
     model: ModelConfig = field(default_factory=ModelConfig)
+    parser: ParserTrainConfig = field(default_factory=ParserTrainConfig)  # --training-target parser|all
 
 
 def resolve_device(name: str) -> torch.device:
@@ -271,8 +273,20 @@ def fit(
     resume: str | None = None,
     progress: bool = True,
     use_tb: bool = False,
+    init: str | None = None,
 ) -> FitResult:
-    """Train on ``paths`` (minus the dev part), validate on dev and on the extra split, save checkpoints."""
+    """Train on ``paths`` (minus the dev part), validate on dev and on the extra split, save checkpoints.
+
+    ``training_target`` parser/all hands over to :func:`parser_training.fit_parser_target` (``init``: the
+    NSCL checkpoint to start from)."""
+    if cfg.training_target in ("parser", "all"):
+        from .parser_training import fit_parser_target
+
+        if resume:
+            raise NSCLError("--resume is not supported with --training-target parser|all")
+        return fit_parser_target(
+            cfg, domain, paths, run_dir, device, extra_paths, init=init, progress=progress
+        )
     t0 = time.time()
     run = RunFiles(Path(run_dir))
     run.root.mkdir(parents=True, exist_ok=True)
@@ -432,4 +446,24 @@ def evaluate_checkpoint(
         metrics.update(
             evaluate(model, extra, np.arange(len(extra)), device, "validationextra", cfg.eval_batch_size)
         )
+    if state.get("parser"):
+        from ..models.parser import parser_from_state
+        from .parser_training import evaluate_parser_on_dataset
+
+        parser = parser_from_state(state["parser"], domain, str(ckpt)).to(device)
+        metrics.update(
+            evaluate_parser_on_dataset(parser, model, split.questions, ds, dev_ids, "validation", device)
+        )
+        if extra_paths is not None:
+            metrics.update(
+                evaluate_parser_on_dataset(
+                    parser,
+                    model,
+                    extra_split.questions,
+                    extra,
+                    np.arange(len(extra)),
+                    "validationextra",
+                    device,
+                )
+            )
     return metrics
