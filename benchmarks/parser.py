@@ -50,10 +50,20 @@ from nscl.training.parser_training import (
 from nscl.vocab import tokenize
 
 
-def generate(out: Path, seed: int, split: str, images: int, domain: Domain, templates: Path | None = None) -> Path:
+def generate(
+    out: Path, seed: int, split: str, images: int, domain: Domain, templates: Path | None = None
+) -> Path:
     kw = {"train_images": images} if split == "train" else {"val_images": images}
-    cfg = GenerateConfig(out=str(out), seed=seed, width=64, height=48, supersample=1, workers=1,
-                         templates=str(templates) if templates else None, **kw)
+    cfg = GenerateConfig(
+        out=str(out),
+        seed=seed,
+        width=64,
+        height=48,
+        supersample=1,
+        workers=1,
+        templates=str(templates) if templates else None,
+        **kw,
+    )
     t = time.time()
     generate_dataset(cfg, domain, progress=False)
     print(f"  generated {out / split} ({images} images, seed {seed}) in {time.time() - t:.0f}s", flush=True)
@@ -104,7 +114,9 @@ def train_full(domain: Domain, train_dir: Path, cfg: ParserTrainConfig, seed: in
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("/tmp/nscl-parser-bench"))
-    ap.add_argument("--train-dir", type=Path, default=None, help="existing training split (default: generate)")
+    ap.add_argument(
+        "--train-dir", type=Path, default=None, help="existing training split (default: generate)"
+    )
     ap.add_argument("--val-dir", type=Path, default=None, help="existing held-out split (default: generate)")
     ap.add_argument("--train-images", type=int, default=1000)
     ap.add_argument("--val-images", type=int, default=1000)
@@ -115,11 +127,20 @@ def main() -> None:
     ap.add_argument("--reinforce-epochs", type=int, default=3)
     ap.add_argument("--reward", choices=["answer", "release"], default="answer")
     g = ap.add_mutually_exclusive_group()
-    g.add_argument("--oracle", action="store_true", help="REINFORCE with oracle perception (scene annotations)")
-    g.add_argument("--perception", default=None, help="REINFORCE with this NSCL checkpoint's perception (frozen)")
+    g.add_argument(
+        "--oracle", action="store_true", help="REINFORCE with oracle perception (scene annotations)"
+    )
+    g.add_argument(
+        "--perception", default=None, help="REINFORCE with this NSCL checkpoint's perception (frozen)"
+    )
     ap.add_argument("--skip-phrasing", action="store_true")
-    ap.add_argument("--phrasing-word-dropout", type=float, nargs="+", default=[0.0, 0.1],
-                    help="phrasing run: one parser per word-dropout rate (ordinary words read as <UNK>)")
+    ap.add_argument(
+        "--phrasing-word-dropout",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.1],
+        help="phrasing run: one parser per word-dropout rate (ordinary words read as <UNK>)",
+    )
     ap.add_argument("--hidden-dim", type=int, default=64)
     ap.add_argument("--embedding-dim", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
@@ -130,8 +151,13 @@ def main() -> None:
     domain = load_domain(args.domain)
     print("command: .venv/bin/python benchmarks/parser.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     model_cfg = ParserConfig(embedding_dim=args.embedding_dim, hidden_dim=args.hidden_dim)
-    cfg = ParserTrainConfig(epochs=args.epochs, lr=2e-3, model=model_cfg, reward=args.reward,
-                            reinforce_epochs=args.reinforce_epochs)
+    cfg = ParserTrainConfig(
+        epochs=args.epochs,
+        lr=2e-3,
+        model=model_cfg,
+        reward=args.reward,
+        reinforce_epochs=args.reinforce_epochs,
+    )
     results: dict[str, dict] = {}
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -178,15 +204,22 @@ def main() -> None:
             t = time.time()
 
             def show(epoch: int, rec: dict) -> None:
-                print(f"  REINFORCE epoch {epoch}: mean reward {rec['train/parser_reward']:.4f} "
-                      f"({rec['seconds']:.0f}s)", flush=True)
+                print(
+                    f"  REINFORCE epoch {epoch}: mean reward {rec['train/parser_reward']:.4f} "
+                    f"({rec['seconds']:.0f}s)",
+                    flush=True,
+                )
 
             train_reinforce(parser, train, scenes_train, few_cfg, picked, args.seed, show)
             secs = time.time() - t
             m = evaluate_parser(parser, val, "heldout", scenes_val)
             source = "oracle perception" if args.oracle else f"perception {args.perception}"
-            report(f"+ REINFORCE on {len(train)} answers, {args.reinforce_epochs} epochs, {source}, "
-                   f"reward {args.reward}", m, secs)
+            report(
+                f"+ REINFORCE on {len(train)} answers, {args.reinforce_epochs} epochs, {source}, "
+                f"reward {args.reward}",
+                m,
+                secs,
+            )
             results["few+reinforce"] = {**m, "seconds": secs}
 
     # 3. held-out phrasings
@@ -194,12 +227,20 @@ def main() -> None:
         print("\nphrasing robustness data:")
         tdir, hdir = split_templates(args.out)
         p_train = generate(args.out / "phrasing_train", args.seed, "train", args.train_images, domain, tdir)
-        p_val = generate(args.out / "phrasing_heldout", args.seed + 1000, "val", args.val_images, domain, hdir)
+        p_val = generate(
+            args.out / "phrasing_heldout", args.seed + 1000, "val", args.val_images, domain, hdir
+        )
         held = examples_from_questions(read_questions(p_val / "questions.json", domain), domain)
         for rate in args.phrasing_word_dropout:
             parser, secs = train_full(domain, p_train, dataclasses.replace(cfg, word_dropout=rate), args.seed)
-            new_words = sorted({w for e in held for w in tokenize(e.question)
-                                if w not in parser.vocab and w not in parser.lexicon.words})
+            new_words = sorted(
+                {
+                    w
+                    for e in held
+                    for w in tokenize(e.question)
+                    if w not in parser.vocab and w not in parser.lexicon.words
+                }
+            )
             m = evaluate_parser(parser, held, "heldout_phrasing")
             m_unk = evaluate_parser(parser, held, "heldout_phrasing_unk", unknown="unk")
             report(f"held-out phrasings, word dropout {rate} (unknown words refused)", m, secs)

@@ -26,8 +26,10 @@ PAIRS = [
     ("What color is the large cylinder?", "query(color, filter(scene(), [large, cylinder]))"),
     ("What shape is the small metal thing?", "query(shape, filter(scene(), [small, metal]))"),
     ("Is there a blue sphere?", "exist(filter(scene(), [blue, sphere]))"),
-    ("What color is the sphere left of the cube?",
-     "query(color, filter(relate(filter(scene(), [cube]), left), [sphere]))"),
+    (
+        "What color is the sphere left of the cube?",
+        "query(color, filter(relate(filter(scene(), [cube]), left), [sphere]))",
+    ),
 ]
 
 
@@ -46,10 +48,16 @@ def setup(domain: Domain, gen_root: Path, tmp_path_factory: pytest.TempPathFacto
     mcfg = ModelConfig(perception=PerceptionConfig(width=8, feature_dim=32, pair_dim=16))
     model = NSCL(domain, mcfg)
     cfg = TrainConfig(image_height=HEIGHT, model=mcfg)
-    pcfg = ParserTrainConfig(epochs=50, min_steps=0, batch_size=8, lr=1e-2,
-                             model=ParserConfig(embedding_dim=16, hidden_dim=32, dropout=0.0, max_length=40))
-    parser = train_parser_on_pairs(domain, [q for q, _ in PAIRS], [program_from_str(p, domain) for _, p in PAIRS],
-                                   pcfg)
+    pcfg = ParserTrainConfig(
+        epochs=50,
+        min_steps=0,
+        batch_size=8,
+        lr=1e-2,
+        model=ParserConfig(embedding_dim=16, hidden_dim=32, dropout=0.0, max_length=40),
+    )
+    parser = train_parser_on_pairs(
+        domain, [q for q, _ in PAIRS], [program_from_str(p, domain) for _, p in PAIRS], pcfg
+    )
     root = tmp_path_factory.mktemp("ask")
     state = checkpoint_state(model, cfg, domain, None, None, 0, {}, None)
     save_checkpoint(root / "model.pth", {**state, "parser": parser_state(parser)})
@@ -72,8 +80,13 @@ def setup(domain: Domain, gen_root: Path, tmp_path_factory: pytest.TempPathFacto
 
 def test_count_everything_gives_the_number_of_objects(setup: dict) -> None:
     n = len(setup["scene"]["objects"])
-    r = ask(setup["ckpt"], setup["image"], "How many things are there?", scene_json=setup["scenes"],
-            index=setup["index"])
+    r = ask(
+        setup["ckpt"],
+        setup["image"],
+        "How many things are there?",
+        scene_json=setup["scenes"],
+        index=setup["index"],
+    )
     assert isinstance(r, AskResult)
     assert r.program == "count(scene())"
     assert r.answer == str(n) and r.confidence > 0.99
@@ -125,7 +138,9 @@ def test_boxes_file_gives_the_same_result(setup: dict) -> None:
 
 
 def test_relation_steps_show_the_chosen_object(setup: dict) -> None:
-    r = ask(setup["ckpt"], setup["image"], "What color is the ball left of the block?", boxes_json=setup["boxes"])
+    r = ask(
+        setup["ckpt"], setup["image"], "What color is the ball left of the block?", boxes_json=setup["boxes"]
+    )
     assert r.program == "query(color, filter(relate(filter(scene(), [cube]), left), [sphere]))"
     relate = next(s for s in r.steps if s.op == "relate")
     assert relate.concepts == ["left"] and len(relate.input_objects) == 1
@@ -141,4 +156,3 @@ def test_errors_are_clear(setup: dict, domain: Domain) -> None:
         ask(setup["ckpt"], setup["image"], "How many things are there?")
     with pytest.raises(NSCLError, match="image_index 99999"):
         read_boxes(setup["image"], domain, scene_json=setup["scenes"], index=99999)
-

@@ -57,22 +57,36 @@ TRAIN_PAIRS = [
     ("Is there a small sphere?", "exist(filter(scene(), [small, sphere]))"),
     ("Is there a large red cylinder?", "exist(filter(scene(), [large, red, cylinder]))"),
     ("Is there a metal thing?", "exist(filter(scene(), [metal]))"),
-    ("What color is the sphere left of the cube?",
-     "query(color, filter(relate(filter(scene(), [cube]), left), [sphere]))"),
-    ("What shape is the red thing behind the cube?",
-     "query(shape, filter(relate(filter(scene(), [cube]), behind), [red]))"),
-    ("What size is the cylinder right of the blue cube?",
-     "query(size, filter(relate(filter(scene(), [blue, cube]), right), [cylinder]))"),
-    ("What material is the green sphere in front of the cube?",
-     "query(material, filter(relate(filter(scene(), [cube]), front), [green, sphere]))"),
+    (
+        "What color is the sphere left of the cube?",
+        "query(color, filter(relate(filter(scene(), [cube]), left), [sphere]))",
+    ),
+    (
+        "What shape is the red thing behind the cube?",
+        "query(shape, filter(relate(filter(scene(), [cube]), behind), [red]))",
+    ),
+    (
+        "What size is the cylinder right of the blue cube?",
+        "query(size, filter(relate(filter(scene(), [blue, cube]), right), [cylinder]))",
+    ),
+    (
+        "What material is the green sphere in front of the cube?",
+        "query(material, filter(relate(filter(scene(), [cube]), front), [green, sphere]))",
+    ),
     ("What color is the large cylinder?", "query(color, filter(scene(), [large, cylinder]))"),
     ("What shape is the small metal thing?", "query(shape, filter(scene(), [small, metal]))"),
-    ("Are there more spheres than cylinders?",
-     "count_greater(filter(scene(), [sphere]), filter(scene(), [cylinder]))"),
-    ("Are there fewer red things than blue things?",
-     "count_less(filter(scene(), [red]), filter(scene(), [blue]))"),
-    ("Is the sphere the same color as the cylinder?",
-     "query_attribute_equal(color, filter(scene(), [sphere]), filter(scene(), [cylinder]))"),
+    (
+        "Are there more spheres than cylinders?",
+        "count_greater(filter(scene(), [sphere]), filter(scene(), [cylinder]))",
+    ),
+    (
+        "Are there fewer red things than blue things?",
+        "count_less(filter(scene(), [red]), filter(scene(), [blue]))",
+    ),
+    (
+        "Is the sphere the same color as the cylinder?",
+        "query_attribute_equal(color, filter(scene(), [sphere]), filter(scene(), [cylinder]))",
+    ),
 ]
 
 
@@ -124,8 +138,9 @@ def test_encoder_decoder_shapes(domain: Domain) -> None:
     F = parser.grammar.num_fixed
     assert len(domain.nscl_ops) + 1 == F
     ctx = torch.zeros(B, D)
-    h2, ctx2, logits = parser.step(h, ctx, parser._start(B, h.device), torch.zeros(B, dtype=torch.long), enc,
-                                   parser.ptr_key(enc), pad)
+    h2, ctx2, logits = parser.step(
+        h, ctx, parser._start(B, h.device), torch.zeros(B, dtype=torch.long), enc, parser.ptr_key(enc), pad
+    )
     assert h2.shape == (B, D) and ctx2.shape == (B, D) and logits.shape == (B, F + T)
 
 
@@ -181,8 +196,10 @@ def test_unknown_word_names_the_word(tiny_parser: Parser) -> None:
     programs, errors = tiny_parser.parse_many(["What color is the dog?", "How many red spheres are there?"])
     assert programs[0] is None and "dog" in errors[0] and programs[1] is not None
     # Lexicon words never seen in training are known: "ball" is a sphere.
-    assert tiny_parser.parse(["How many red balls are there?"])[0].to_str() == \
-        "count(filter(scene(), [red, sphere]))"
+    assert (
+        tiny_parser.parse(["How many red balls are there?"])[0].to_str()
+        == "count(filter(scene(), [red, sphere]))"
+    )
 
 
 def test_missing_pointer_target_is_an_error(tiny_parser: Parser) -> None:
@@ -202,13 +219,11 @@ def test_tiny_supervised_run_fits_its_training_set(tiny_parser: Parser, domain: 
 
 
 def test_pointer_copies_a_concept_into_an_unseen_role(tiny_parser: Parser, domain: Domain) -> None:
-    """"cube" was only ever the reference object of a relation; here it is the queried one (and a synonym
+    """ "cube" was only ever the reference object of a relation; here it is the queried one (and a synonym
     never seen at all, "ball", is the reference)."""
     cases = {
-        "What color is the cube left of the sphere?":
-            "query(color, filter(relate(filter(scene(), [sphere]), left), [cube]))",
-        "What size is the cube behind the red ball?":
-            "query(size, filter(relate(filter(scene(), [red, sphere]), behind), [cube]))",
+        "What color is the cube left of the sphere?": "query(color, filter(relate(filter(scene(), [sphere]), left), [cube]))",
+        "What size is the cube behind the red ball?": "query(size, filter(relate(filter(scene(), [red, sphere]), behind), [cube]))",
         "How many blue cubes are there?": "count(filter(scene(), [blue, cube]))",
     }
     got = tiny_parser.parse(list(cases))
@@ -233,15 +248,18 @@ def test_policy_loss_variants() -> None:
     correct = torch.tensor([True, False, False, True])
     valid = torch.tensor([True, True, True, False])
     baseline = MovingAverage(0.5, value=0.25)
-    loss, mean_r = policy_loss(log_prob, torch.zeros(4), correct, valid, None, 2, ParserTrainConfig(), baseline)
+    loss, mean_r = policy_loss(
+        log_prob, torch.zeros(4), correct, valid, None, 2, ParserTrainConfig(), baseline
+    )
     assert mean_r == 0.25 and baseline.value == 0.25
     loss.backward()
     # advantage (reward - 0.25) on valid rows, zero on the invalid one
     assert torch.allclose(log_prob.grad, -torch.tensor([0.75, -0.25, -0.25, 0.0]) / 4)
     log_prob.grad = None
     qa = torch.tensor([0.0, 10.0, 2.0, 2.0])
-    loss, _ = policy_loss(log_prob, torch.zeros(4), correct, valid, qa, 2, ParserTrainConfig(reward="release"),
-                          MovingAverage())
+    loss, _ = policy_loss(
+        log_prob, torch.zeros(4), correct, valid, qa, 2, ParserTrainConfig(reward="release"), MovingAverage()
+    )
     loss.backward()
     w = torch.cat([torch.softmax(torch.tensor([10.0, 0.0]), 0), torch.tensor([1.0, 0.0])])
     assert torch.allclose(log_prob.grad, -w / 2, atol=1e-6)
@@ -265,12 +283,22 @@ def _toy_questions(gen_split, domain: Domain) -> tuple[list[ParserExample], list
         present = [o.attributes["color"] for o in s.objects]
         for k, c in enumerate(colors[:4]):
             n = present.count(c)
-            count_q.append(ParserExample(f"How many {c} things are there?", s.image_index, str(n),
-                                         program_from_str(f"count(filter(scene(), [{c}]))", domain)))
-            exist_q.append(ParserExample(f"Are there any {colors[(k + 4) % 8]} things?", s.image_index,
-                                         "yes" if colors[(k + 4) % 8] in present else "no",
-                                         program_from_str(f"exist(filter(scene(), [{colors[(k + 4) % 8]}]))",
-                                                          domain)))
+            count_q.append(
+                ParserExample(
+                    f"How many {c} things are there?",
+                    s.image_index,
+                    str(n),
+                    program_from_str(f"count(filter(scene(), [{c}]))", domain),
+                )
+            )
+            exist_q.append(
+                ParserExample(
+                    f"Are there any {colors[(k + 4) % 8]} things?",
+                    s.image_index,
+                    "yes" if colors[(k + 4) % 8] in present else "no",
+                    program_from_str(f"exist(filter(scene(), [{colors[(k + 4) % 8]}]))", domain),
+                )
+            )
     return count_q, exist_q
 
 
@@ -278,12 +306,27 @@ def test_reinforce_raises_accuracy_with_oracle_perception(domain: Domain, gen_sp
     count_q, exist_q = _toy_questions(gen_split, domain)
     scenes = OracleScenes(gen_split.scenes, domain)
     # One annotated example per family, trained a little: a weak parser.
-    cfg = ParserTrainConfig(epochs=3, min_steps=0, batch_size=2, lr=3e-3, model=TINY, reinforce_epochs=3, reinforce_lr=3e-3,
-                            reinforce_batch_size=16, samples=4, supervised_weight=0.0)
+    cfg = ParserTrainConfig(
+        epochs=3,
+        min_steps=0,
+        batch_size=2,
+        lr=3e-3,
+        model=TINY,
+        reinforce_epochs=3,
+        reinforce_lr=3e-3,
+        reinforce_batch_size=16,
+        samples=4,
+        supervised_weight=0.0,
+    )
     pairs = [count_q[0], exist_q[0]]
     torch.manual_seed(0)
-    parser = train_parser_on_pairs(domain, [e.question for e in pairs], [e.program for e in pairs], cfg,
-                                   extra_questions=[e.question for e in count_q + exist_q])
+    parser = train_parser_on_pairs(
+        domain,
+        [e.question for e in pairs],
+        [e.program for e in pairs],
+        cfg,
+        extra_questions=[e.question for e in count_q + exist_q],
+    )
     data = count_q + exist_q
     before = evaluate_parser(parser, data, "v", scenes)["v/acc/qa_parsed"]
     train_reinforce(parser, data, scenes, cfg, seed=0)
@@ -297,9 +340,12 @@ def test_reinforce_raises_accuracy_with_oracle_perception(domain: Domain, gen_sp
 def test_evaluate_parser_metric_names(tiny_parser: Parser, domain: Domain, gen_split) -> None:
     s = next(iter(gen_split.scenes.values()))
     n = len(s.objects)
-    examples = [ParserExample("How many things are there?", s.image_index, str(n),
-                              program_from_str("count(scene())", domain)),
-                ParserExample("How many dogs are there?", s.image_index, "0", None)]
+    examples = [
+        ParserExample(
+            "How many things are there?", s.image_index, str(n), program_from_str("count(scene())", domain)
+        ),
+        ParserExample("How many dogs are there?", s.image_index, "0", None),
+    ]
     m = evaluate_parser(tiny_parser, examples, "validation", OracleScenes(gen_split.scenes, domain))
     assert m["validation/acc/program_exact"] == 1.0
     assert m["validation/acc/program_exact/count"] == 1.0
@@ -318,8 +364,10 @@ def test_nscl_to_clevr_inverts_translate(domain: Domain, gen_split) -> None:
 
 def test_parse_questions_file(tiny_parser: Parser, domain: Domain, tmp_path: Path) -> None:
     src = tmp_path / "questions.json"
-    recs = [{"image_index": 0, "question": q, "answer": "1", "question_family_index": 7, "split": "x"}
-            for q, _ in TRAIN_PAIRS[:5]]
+    recs = [
+        {"image_index": 0, "question": q, "answer": "1", "question_family_index": 7, "split": "x"}
+        for q, _ in TRAIN_PAIRS[:5]
+    ]
     src.write_text(json.dumps({"info": {"split": "x"}, "questions": recs}))
     out = tmp_path / "parsed.json"
     counts = parse_questions_file(tiny_parser, src, out)
@@ -346,18 +394,24 @@ def test_joint_step_updates_perception_and_parser(domain: Domain, gen_split, gen
     model = NSCL(domain, ModelConfig(perception=PerceptionConfig(width=8, feature_dim=32, pair_dim=16)))
     examples = examples_from_questions(gen_split.questions, domain)[:20]
     # A parser that has seen these programs, so that its programs depend on the perception.
-    parser = train_parser_on_pairs(domain, [e.question for e in examples], [e.program for e in examples],
-                                   ParserTrainConfig(epochs=15, min_steps=0, batch_size=10, lr=1e-2, model=TINY))
+    parser = train_parser_on_pairs(
+        domain,
+        [e.question for e in examples],
+        [e.program for e in examples],
+        ParserTrainConfig(epochs=15, min_steps=0, batch_size=10, lr=1e-2, model=TINY),
+    )
     batch = make_joint_batch(examples, gen_dataset, domain, "cpu")
     params = list(model.parameters()) + list(parser.parameters())
     before = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=1e-3)
     stats = joint_step(model, parser, batch, opt, ParserTrainConfig(samples=2), MovingAverage())
     assert set(stats) == {"loss", "acc", "reward", "n"} and stats["n"] == 20
-    changed_model = any(not torch.equal(a, b) for a, b in zip(before[: len(list(model.parameters()))],
-                                                                  model.parameters()))
-    changed_parser = any(not torch.equal(a, b) for a, b in zip(before[len(list(model.parameters())):],
-                                                                   parser.parameters()))
+    changed_model = any(
+        not torch.equal(a, b) for a, b in zip(before[: len(list(model.parameters()))], model.parameters())
+    )
+    changed_parser = any(
+        not torch.equal(a, b) for a, b in zip(before[len(list(model.parameters())) :], parser.parameters())
+    )
     assert changed_model and changed_parser
 
 
@@ -371,11 +425,13 @@ def test_fit_parser_target_parser_then_all(domain: Domain, gen_root: Path, tmp_p
 
     train, val = SplitPaths.resolve(gen_root / "train"), SplitPaths.resolve(gen_root / "val")
     mcfg = ModelConfig(perception=PerceptionConfig(width=8, feature_dim=32, pair_dim=16))
-    cfg = TrainConfig(training_target="parser", data_split=0.8, validation_interval=1, epochs=1,
-                      image_height=48, model=mcfg)
+    cfg = TrainConfig(
+        training_target="parser", data_split=0.8, validation_interval=1, epochs=1, image_height=48, model=mcfg
+    )
     pcfg = ParserTrainConfig(epochs=2, min_steps=0, annotations=0, model=TINY)
-    res = fit_parser_target(cfg, domain, train, tmp_path / "p", torch.device("cpu"), val, progress=False,
-                            parser_cfg=pcfg)
+    res = fit_parser_target(
+        cfg, domain, train, tmp_path / "p", torch.device("cpu"), val, progress=False, parser_cfg=pcfg
+    )
     assert 0 <= res.metrics["validation/acc/program_exact"] <= 1
     assert "validationextra/acc/program_exact" in res.metrics
     assert len((tmp_path / "p" / "metrics.jsonl").read_text().splitlines()) == 3  # 2 epochs + final
@@ -383,18 +439,43 @@ def test_fit_parser_target_parser_then_all(domain: Domain, gen_root: Path, tmp_p
     parser = load_parser(res.checkpoint)
     # Few annotations need a perception for REINFORCE.
     with pytest.raises(NSCLError, match="--load"):
-        fit_parser_target(cfg, domain, train, tmp_path / "q", torch.device("cpu"), progress=False,
-                          parser_cfg=ParserTrainConfig(epochs=1, min_steps=0, annotations=20, model=TINY))
+        fit_parser_target(
+            cfg,
+            domain,
+            train,
+            tmp_path / "q",
+            torch.device("cpu"),
+            progress=False,
+            parser_cfg=ParserTrainConfig(epochs=1, min_steps=0, annotations=20, model=TINY),
+        )
     # Joint fine-tuning from a checkpoint holding a (here untrained) NSCL model and the parser.
     torch.manual_seed(0)
     model = NSCL(domain, mcfg)
     init = tmp_path / "init.pth"
-    save_checkpoint(init, {**checkpoint_state(model, cfg, domain, None, None, 0, {}, None),
-                           "parser": parser_state(parser)})
-    cfg_all = TrainConfig(training_target="all", data_split=0.8, validation_interval=1, epochs=1, batch_size=64,
-                          image_height=48, model=mcfg)
-    res = fit_parser_target(cfg_all, domain, train, tmp_path / "all", torch.device("cpu"), None, str(init),
-                            progress=False, parser_cfg=ParserTrainConfig(samples=1))
+    save_checkpoint(
+        init,
+        {**checkpoint_state(model, cfg, domain, None, None, 0, {}, None), "parser": parser_state(parser)},
+    )
+    cfg_all = TrainConfig(
+        training_target="all",
+        data_split=0.8,
+        validation_interval=1,
+        epochs=1,
+        batch_size=64,
+        image_height=48,
+        model=mcfg,
+    )
+    res = fit_parser_target(
+        cfg_all,
+        domain,
+        train,
+        tmp_path / "all",
+        torch.device("cpu"),
+        None,
+        str(init),
+        progress=False,
+        parser_cfg=ParserTrainConfig(samples=1),
+    )
     for key in ("validation/acc/qa", "validation/acc/qa_parsed", "validation/acc/program_exact"):
         assert 0 <= res.metrics[key] <= 1
     from nscl.training.checkpoint import load_checkpoint
@@ -402,5 +483,7 @@ def test_fit_parser_target_parser_then_all(domain: Domain, gen_root: Path, tmp_p
 
     state = load_checkpoint(res.checkpoint)
     tuned, _, _ = model_from_checkpoint(state)
-    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), tuned.state_dict().values()))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(model.state_dict().values(), tuned.state_dict().values())
+    )
     assert state["parser"] and load_parser(res.checkpoint) is not None

@@ -116,7 +116,10 @@ class AskResult:
 
 # --------------------------------------------------------------------------------------------- inputs
 def read_boxes(
-    image_path: str | Path, domain: Domain, scene_json: str | Path | None = None, index: int | None = None,
+    image_path: str | Path,
+    domain: Domain,
+    scene_json: str | Path | None = None,
+    index: int | None = None,
     boxes_json: str | Path | None = None,
 ) -> list[Box]:
     """Object boxes in pixels of the given image, from a scene file or a boxes file.
@@ -125,8 +128,9 @@ def read_boxes(
     whose ``image_index`` is ``index``, else the only one, else the one whose ``image_filename`` is the
     image's file name."""
     if (scene_json is None) == (boxes_json is None):
-        raise NSCLError("give object boxes with exactly one of a scene file (--scene-json) or a boxes file "
-                        "(--boxes-json)")
+        raise NSCLError(
+            "give object boxes with exactly one of a scene file (--scene-json) or a boxes file (--boxes-json)"
+        )
     if boxes_json is not None:
         data = read_json(boxes_json)
         if isinstance(data, dict):
@@ -160,8 +164,10 @@ def read_boxes(
         name = Path(image_path).name
         found = [k for k, s in enumerate(scenes) if isinstance(s, dict) and s.get("image_filename") == name]
         if len(found) != 1:
-            raise DataError(f"{scene_json}: {len(scenes)} scenes and none (or several) for image {name!r}; "
-                            "give --index IMAGE_INDEX")
+            raise DataError(
+                f"{scene_json}: {len(scenes)} scenes and none (or several) for image {name!r}; "
+                "give --index IMAGE_INDEX"
+            )
         pos = found[0]
     scene = parse_scene(scenes[pos], domain, str(scene_json), pos)
     return scene.boxes
@@ -194,7 +200,8 @@ def _poisson_binomial(p: Tensor) -> Tensor:
     dist = torch.ones(1, dtype=torch.float64)
     for q in p.double().tolist():
         dist = torch.cat([dist * (1 - q), torch.zeros(1, dtype=torch.float64)]) + torch.cat(
-            [torch.zeros(1, dtype=torch.float64), dist * q])
+            [torch.zeros(1, dtype=torch.float64), dist * q]
+        )
     return dist
 
 
@@ -291,8 +298,10 @@ def ask(
     if state.get("model") is None:
         raise NSCLError(f"{checkpoint_path}: the checkpoint holds no trained NSCL model")
     if not state.get("parser"):
-        raise NSCLError(f"{checkpoint_path}: the checkpoint holds no parser (train one with "
-                        "nscl train --training-target parser --load THIS_CHECKPOINT)")
+        raise NSCLError(
+            f"{checkpoint_path}: the checkpoint holds no parser (train one with "
+            "nscl train --training-target parser --load THIS_CHECKPOINT)"
+        )
     model, cfg, domain = model_from_checkpoint(state, str(checkpoint_path))
     model.to(device).eval()
     parser = parser_from_state(state["parser"], domain, str(checkpoint_path)).to(device)
@@ -305,8 +314,9 @@ def ask(
     # The answer is the batched executor's (as in evaluation); the trace uses the same primitives.
     out, _ = run_programs([program], [0], scene, domain, True)
     answer = _decode_answer(out, domain)
-    return AskResult(question, program.to_str(), program.to_json(), steps, answer, confidence,
-                     [b.as_list() for b in boxes])
+    return AskResult(
+        question, program.to_str(), program.to_json(), steps, answer, confidence, [b.as_list() for b in boxes]
+    )
 
 
 def _decode_answer(out, domain: Domain) -> str:  # noqa: ANN001

@@ -206,10 +206,17 @@ class Grammar:
         )
         self.slot_index = {s: i for i, s in enumerate(self.slots)}
         si = self.slot_index
-        self.pointer_kind = {si[self.CONCEPTS]: P_CONCEPTS, si[self.CONCEPTS_MORE]: P_CONCEPTS,
-                             si[self.RELATION]: P_RELATION, si[self.ATTRIBUTE]: P_ATTRIBUTE}
-        param_slot = {P_CONCEPTS: si[self.CONCEPTS], P_RELATION: si[self.RELATION],
-                      P_ATTRIBUTE: si[self.ATTRIBUTE]}
+        self.pointer_kind = {
+            si[self.CONCEPTS]: P_CONCEPTS,
+            si[self.CONCEPTS_MORE]: P_CONCEPTS,
+            si[self.RELATION]: P_RELATION,
+            si[self.ATTRIBUTE]: P_ATTRIBUTE,
+        }
+        param_slot = {
+            P_CONCEPTS: si[self.CONCEPTS],
+            P_RELATION: si[self.RELATION],
+            P_ATTRIBUTE: si[self.ATTRIBUTE],
+        }
         # Children of each op in reading order: parameters first, then inputs.
         self.children: list[tuple[int, ...]] = []
         for o in self.ops:
@@ -272,11 +279,15 @@ class Grammar:
             a = lexicon.attributes.get(w)
             if a is not None and a in aidx:
                 attribute[p] = aidx[a]
-        has = {P_CONCEPTS: bool((concept >= 0).any()), P_RELATION: bool((relation >= 0).any()),
-               P_ATTRIBUTE: bool((attribute >= 0).any())}
+        has = {
+            P_CONCEPTS: bool((concept >= 0).any()),
+            P_RELATION: bool((relation >= 0).any()),
+            P_ATTRIBUTE: bool((attribute >= 0).any()),
+        }
         available = np.array([all(has[k] for k in kinds) for kinds in self.pointer_ops] + [True])
-        return QuestionInfo(tuple(tokens), concept, concept_attr, relation, attribute, available,
-                            text or " ".join(tokens))
+        return QuestionInfo(
+            tuple(tokens), concept, concept_attr, relation, attribute, available, text or " ".join(tokens)
+        )
 
     # ------------------------------------------------------------------------------------ decoding
     def start(self) -> DecodeState:
@@ -493,7 +504,8 @@ class EncodedQuestions:
         if n == 1:
             return self
         return EncodedQuestions(
-            self.ids.repeat_interleave(n, 0), self.lengths.repeat_interleave(n, 0),
+            self.ids.repeat_interleave(n, 0),
+            self.lengths.repeat_interleave(n, 0),
             [q for q in self.info for _ in range(n)],
         )
 
@@ -547,8 +559,11 @@ class Parser(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     # ------------------------------------------------------------------------------------ inputs
-    def encode_questions(self, questions: Sequence[str | Sequence[str]], unknown: str = "error",
-                         ) -> tuple[EncodedQuestions, list[str | None]]:
+    def encode_questions(
+        self,
+        questions: Sequence[str | Sequence[str]],
+        unknown: str = "error",
+    ) -> tuple[EncodedQuestions, list[str | None]]:
         """Tokenise and map to encoder ids. ``unknown="error"`` reports a question with a word outside the
         vocabulary and the lexicon (its entry in the returned errors is set and its ids are all UNK);
         ``unknown="unk"`` reads such words as ``<UNK>``."""
@@ -591,13 +606,22 @@ class Parser(nn.Module):
         x = self.drop(self.embed(ids))  # (B, T, E)
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, h = self.encoder(packed)  # h: (2, B, H)
-        enc, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])  # (B, T, D)
+        enc, _ = nn.utils.rnn.pad_packed_sequence(
+            out, batch_first=True, total_length=ids.shape[1]
+        )  # (B, T, D)
         mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths.to(ids.device)[:, None]
         h0 = torch.tanh(self.init(torch.cat([h[0], h[1]], dim=-1)))  # (B, D)
         return enc, mask, h0
 
     def step(
-        self, h: Tensor, ctx: Tensor, prev: Tensor, slot: Tensor, enc: Tensor, keys: Tensor, pad: Tensor,
+        self,
+        h: Tensor,
+        ctx: Tensor,
+        prev: Tensor,
+        slot: Tensor,
+        enc: Tensor,
+        keys: Tensor,
+        pad: Tensor,
         covered: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One decoder step. h, ctx (Tensor[B, D]); prev (Tensor[B, E]) feedback of the last action; slot
@@ -669,8 +693,13 @@ class Parser(nn.Module):
         return nll
 
     # ------------------------------------------------------------------------------------ decoding
-    def decode(self, enc_q: EncodedQuestions, mode: str = "greedy", strict: bool = True,
-               errors: Sequence[str | None] | None = None) -> Decoded:
+    def decode(
+        self,
+        enc_q: EncodedQuestions,
+        mode: str = "greedy",
+        strict: bool = True,
+        errors: Sequence[str | None] | None = None,
+    ) -> Decoded:
         """Greedy (``mode="greedy"``) or sampled (``"sample"``) decoding of a batch, constrained to
         well-typed programs. Gradients flow into ``log_prob`` unless called under ``torch.no_grad``.
 
@@ -710,8 +739,9 @@ class Parser(nn.Module):
             mask = torch.from_numpy(mask_np).to(device)
             active = mask.any(-1)
             mask[~active, 0] = True  # finished rows: a dummy action, ignored
-            h, ctx, logits = self.step(h, ctx, prev, torch.from_numpy(slot_np).to(device), enc, keys, pad,
-                                       covered)
+            h, ctx, logits = self.step(
+                h, ctx, prev, torch.from_numpy(slot_np).to(device), enc, keys, pad, covered
+            )
             lm = logits.masked_fill(~mask, NEG)
             logp = torch.log_softmax(lm, -1)
             if mode == "sample":
@@ -745,8 +775,11 @@ class Parser(nn.Module):
     def _missing_argument(self, q: QuestionInfo, action: int) -> str:
         op = self.grammar.ops[action]
         kinds = self.grammar.pointer_ops[action]
-        has = {P_CONCEPTS: (q.concept >= 0).any(), P_RELATION: (q.relation >= 0).any(),
-               P_ATTRIBUTE: (q.attribute >= 0).any()}
+        has = {
+            P_CONCEPTS: (q.concept >= 0).any(),
+            P_RELATION: (q.relation >= 0).any(),
+            P_ATTRIBUTE: (q.attribute >= 0).any(),
+        }
         missing = next(k for k in (P_CONCEPTS, P_RELATION, P_ATTRIBUTE) if k in kinds and not has[k])
         d = self.domain
         examples = {
@@ -754,8 +787,9 @@ class Parser(nn.Module):
             P_RELATION: "a relation such as " + ", ".join(d.relation_concepts),
             P_ATTRIBUTE: "an attribute such as " + ", ".join(d.attribute_names),
         }[missing]
-        return (f"cannot parse {q.text!r}: the parse needs {op!r}, but no word of the question "
-                f"names {examples}")
+        return (
+            f"cannot parse {q.text!r}: the parse needs {op!r}, but no word of the question names {examples}"
+        )
 
     @torch.no_grad()
     def beam_search(
@@ -784,10 +818,19 @@ class Parser(nn.Module):
                     break
                 k = len(beams)
                 slot = torch.tensor([s.stack[-1][0] for s in beams], device=device)
-                hs, ctxs, logits = self.step(hs, ctxs, prev, slot, enc.expand(k, -1, -1),
-                                             keys.expand(k, -1, -1), pad.expand(k, -1), covs)
-                mask = torch.from_numpy(np.stack([g.allowed(s, t, L, q, check_available=False)
-                                                  for s in beams])).to(device)
+                hs, ctxs, logits = self.step(
+                    hs,
+                    ctxs,
+                    prev,
+                    slot,
+                    enc.expand(k, -1, -1),
+                    keys.expand(k, -1, -1),
+                    pad.expand(k, -1),
+                    covs,
+                )
+                mask = torch.from_numpy(
+                    np.stack([g.allowed(s, t, L, q, check_available=False) for s in beams])
+                ).to(device)
                 logp = torch.log_softmax(logits.masked_fill(~mask, NEG), -1).masked_fill(~mask, -math.inf)
                 scores = torch.tensor([s.score for s in beams], device=device)[:, None] + logp  # (k, A)
                 flat = scores.flatten()
@@ -902,12 +945,17 @@ def parser_from_state(state: Mapping, domain: Domain | None = None, source: str 
 
     try:
         dom = domain or Domain.from_dict(state["domain"], source)
-        parser = Parser(dom, Vocab(tuple(state["vocab"])), from_dict(ParserConfig, state["config"]),
-                        Lexicon.from_json(state["lexicon"]))
+        parser = Parser(
+            dom,
+            Vocab(tuple(state["vocab"])),
+            from_dict(ParserConfig, state["config"]),
+            Lexicon.from_json(state["lexicon"]),
+        )
         parser.load_state_dict(state["state"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{source}: invalid parser state ({type(e).__name__}: {str(e).splitlines()[0]})"
-                              ) from None
+        raise CheckpointError(
+            f"{source}: invalid parser state ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from None
     parser.eval()
     return parser
 

@@ -540,8 +540,9 @@ def train_reinforce(
             if items:
                 pick = rng.choice(len(items), size=min(cfg.batch_size, len(items)), replace=False)
                 parser.train()
-                loss = loss + cfg.supervised_weight * supervised_loss(parser, [items[i] for i in pick],
-                                                                      cfg.word_dropout)
+                loss = loss + cfg.supervised_weight * supervised_loss(
+                    parser, [items[i] for i in pick], cfg.word_dropout
+                )
                 parser.eval()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -692,8 +693,13 @@ def evaluate_parser(
 
 
 def evaluate_parser_on_dataset(
-    parser: Parser, model: torch.nn.Module, questions: Sequence[Question], ds: Any, question_ids: Any,
-    prefix: str, device: torch.device | str = "cpu",
+    parser: Parser,
+    model: torch.nn.Module,
+    questions: Sequence[Question],
+    ds: Any,
+    question_ids: Any,
+    prefix: str,
+    device: torch.device | str = "cpu",
 ) -> dict[str, float]:
     """Parser metrics for the trainer's evaluation of a checkpoint with a parser: ``{prefix}/acc/program_exact``,
     ``{prefix}/acc/qa_parsed`` (and per type) and ``{prefix}/parse_errors`` on the QADataset questions
@@ -1047,8 +1053,12 @@ def plot_parser_curves(records: Sequence[Mapping[str, Any]], path: Path) -> None
         pts = [(r["epoch"], r[key]) for r in records if key in r]
         if pts:
             ax.plot(*zip(*pts), label=key)
-    for key in ("validation/acc/program_exact", "validation/acc/qa_parsed", "validation/acc/qa",
-                "validationextra/acc/qa_parsed"):
+    for key in (
+        "validation/acc/program_exact",
+        "validation/acc/qa_parsed",
+        "validation/acc/qa",
+        "validationextra/acc/qa_parsed",
+    ):
         pts = [(r["epoch"], r[key]) for r in records if key in r]
         if pts:
             ax2.plot(*zip(*pts), marker="o", label=key)
