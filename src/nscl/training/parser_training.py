@@ -1039,14 +1039,11 @@ def fit_parser_target(
 
 def plot_parser_curves(records: Sequence[Mapping[str, Any]], path: Path) -> None:
     """Training loss / reward and validation accuracies of a parser run, by epoch."""
-    import io as _io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..io import atomic_write
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for key, ax in (("train/parser_loss", ax1), ("train/loss", ax1), ("train/parser_reward", ax2)):
@@ -1069,11 +1066,9 @@ def plot_parser_curves(records: Sequence[Mapping[str, Any]], path: Path) -> None
     for ax in (ax1, ax2):
         if ax.lines:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    from .trainer import save_figure
+
+    save_figure(fig, path)
 
 
 def make_joint_batch(

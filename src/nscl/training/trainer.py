@@ -193,8 +193,6 @@ def plot_curves(records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io import atomic_write
-
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ep = [r["epoch"] for r in records]
     ax1.plot(ep, [r["train/loss"] for r in records], label="train loss")
@@ -209,9 +207,18 @@ def plot_curves(records: list[dict], path: Path) -> None:
     ax2.set_xlabel("epoch")
     ax2.set_ylim(0, 1)
     ax2.legend()
-    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:  # noqa: ANN001 - a matplotlib Figure
+    """Write a figure as PNG atomically and close it."""
     import io as _io
 
+    import matplotlib.pyplot as plt
+
+    from ..io import atomic_write
+
+    fig.tight_layout()
     buf = _io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
