@@ -212,3 +212,17 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+# CLEVR-FACTS section 2: the global question_family_index range of each template file.
+FAMILY_RANGES = {
+    "compare_integer.json": range(0, 9),
+    "comparison.json": range(9, 25),
+    "three_hop.json": range(25, 31),
+    "single_and.json": range(31, 36),
+    "same_relate.json": range(36, 64),
+    "single_or.json": range(64, 72),
+    "one_hop.json": range(72, 78),
+    "two_hop.json": range(78, 84),
+    "zero_hop.json": range(84, 90),
+}

@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from conftest import FAMILY_RANGES
 from nscl.cli import main
 from nscl.data import SplitPaths, load_split
 from nscl.domain import Domain
@@ -39,17 +40,6 @@ CLEVR_BEHIND = (-0.754490315914154, 0.6563112735748291, 0.0)
 GROUP_1 = {"gray", "blue", "brown", "yellow"}  # CoGenT A cubes / B cylinders
 GROUP_2 = {"red", "green", "purple", "cyan"}  # CoGenT A cylinders / B cubes
 ALL_COLORS = GROUP_1 | GROUP_2
-FAMILY_RANGES = {  # CLEVR-FACTS section 2: global question_family_index per template file
-    "compare_integer.json": range(0, 9),
-    "comparison.json": range(9, 25),
-    "three_hop.json": range(25, 31),
-    "single_and.json": range(31, 36),
-    "same_relate.json": range(36, 64),
-    "single_or.json": range(64, 72),
-    "one_hop.json": range(72, 78),
-    "two_hop.json": range(78, 84),
-    "zero_hop.json": range(84, 90),
-}
 SPLITS = ("train", "val")
 # pycocotools' decode under NumPy 2 (not ours)
 pytestmark = pytest.mark.filterwarnings(

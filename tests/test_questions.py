@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import FAMILY_RANGES
 from nscl.domain import Domain, builtin_domain
 from nscl.errors import DataError
 from nscl.generate.questions import (
@@ -29,17 +30,6 @@ from nscl.program import ClevrNode, ClevrProgram, translate
 from nscl.symbolic import Invalid, SceneFacts, execute_clevr, execute_clevr_outputs, execute_nscl
 
 CLEVR_DIR = Path(__file__).resolve().parents[2] / "shared" / "clevr" / "templates"
-FAMILY_RANGES = {
-    "compare_integer.json": range(0, 9),
-    "comparison.json": range(9, 25),
-    "three_hop.json": range(25, 31),
-    "single_and.json": range(31, 36),
-    "same_relate.json": range(36, 64),
-    "single_or.json": range(64, 72),
-    "one_hop.json": range(72, 78),
-    "two_hop.json": range(78, 84),
-    "zero_hop.json": range(84, 90),
-}
 
 COMPOSITES = {p + "filter" + s for p in ("", "relate_") for s in ("", "_unique", "_count", "_exist")}
 

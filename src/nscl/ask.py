@@ -15,7 +15,6 @@ comparisons the exact probability under independent per-object probabilities (Po
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -328,7 +327,3 @@ def _decode_answer(out, domain: Domain) -> str:  # noqa: ANN001
         return kinds.decode(domain, 1, int(round(float(out.scalar[0]))))
     _, logits = out.query[kind]
     return kinds.decode(domain, kind, int(logits[0].argmax()))
-
-
-def result_json(result: AskResult) -> str:
-    return json.dumps(result.to_json(), indent=1)

@@ -6,12 +6,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from .domain import Domain
 from .models.executor import SceneLogits
-
-QTYPES = ("count", "count_equal", "count_greater", "count_less", "exist", "query", "query_attribute_equal")
 
 
 @dataclass
@@ -95,7 +92,3 @@ def scene_annotations(scenes: list, domain: Domain) -> list[dict]:
 def format_table(metrics: dict[str, float], prefix: str) -> str:
     """The release's metric lines: ``validation/acc/qa = 0.994886``."""
     return "\n".join(f"{k} = {v:.6f}" for k, v in sorted(metrics.items()) if k.startswith(prefix + "/"))
-
-
-def to_float(t: torch.Tensor) -> float:
-    return float(t.detach().cpu())

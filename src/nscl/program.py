@@ -132,23 +132,6 @@ class Node:
     attribute: str | None = None
 
 
-_NSCL_NAMES = frozenset(
-    [
-        "scene",
-        "filter",
-        "relate",
-        "relate_attribute_equal",
-        "intersect",
-        "union",
-        "query",
-        "exist",
-        "count",
-        "query_attribute_equal",
-        "count_equal",
-        "count_less",
-        "count_greater",
-    ]
-)
 _ATTRIBUTE_FIRST = frozenset({"query", "relate_attribute_equal", "query_attribute_equal"})
 
 
