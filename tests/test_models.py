@@ -274,7 +274,7 @@ def test_qa_loss_gradient_flows_to_logits():
 # never become one-hot) 0-3 of 30 quantised answers stay wrong depending on the seed, always comparisons of fuzzy
 # sets (count_equal/less/greater, query_attribute_equal). known_belong=True helps a little. Hence >= 90%.
 OVERFIT_IMAGES = 3
-OVERFIT_STEPS = 300
+OVERFIT_STEPS = 400
 OVERFIT_LR = 3e-3
 OVERFIT_SEED = 0
 
@@ -288,6 +288,7 @@ def test_tiny_batch_is_learnt(domain, gen_dataset):
     tgt = Targets(batch.kind, batch.value)
     model = small_model(domain, seed=OVERFIT_SEED, known_belong=True)
     opt = torch.optim.Adam(model.parameters(), lr=OVERFIT_LR)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, OVERFIT_STEPS)  # settle at the end
     losses = []
     model.train()
     for _ in range(OVERFIT_STEPS):
@@ -296,6 +297,7 @@ def test_tiny_batch_is_learnt(domain, gen_dataset):
         opt.zero_grad()
         loss.mean().backward()
         opt.step()
+        sched.step()
         losses.append(float(loss.detach().mean()))
     model.eval()
     with torch.no_grad():
@@ -307,4 +309,5 @@ def test_tiny_batch_is_learnt(domain, gen_dataset):
     wrong_soft = [ds.qtypes[qids[i]] for i in (~soft_ok).nonzero()[:, 0].tolist()]
     wrong_hard = [ds.qtypes[qids[i]] for i in (~hard_ok).nonzero()[:, 0].tolist()]
     assert not wrong_soft, f"train-mode answers still wrong: {wrong_soft}"
-    assert float(hard_ok.float().mean()) >= 0.9, f"quantised answers wrong: {wrong_hard}"
+    # Quantised answers: at most 1 in 10 wrong (counted exactly; 27/30 in float32 is 0.8999999).
+    assert 10 * len(wrong_hard) <= len(qids), f"quantised answers wrong: {wrong_hard}"

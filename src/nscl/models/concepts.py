@@ -85,15 +85,17 @@ class ConceptEmbedding(nn.Module):
         cos = torch.einsum("...ae,cae->...ca", proj, emb)
         return (cos - 1 + m) / (m * tau)
 
-    def concept_logits(self, proj: Tensor) -> Tensor:
-        """(Tensor[..., A, E]) -> is-an-instance logits for every concept (Tensor[..., C])."""
-        return torch.logsumexp(self.similarity(proj) + self.log_belong(), dim=-1)
+    def concept_logits(self, proj: Tensor, sim: Tensor | None = None) -> Tensor:
+        """(Tensor[..., A, E]) -> is-an-instance logits for every concept (Tensor[..., C]). ``sim`` is
+        ``similarity(proj)`` when the caller already has it."""
+        sim = self.similarity(proj) if sim is None else sim
+        return torch.logsumexp(sim + self.log_belong(), dim=-1)
 
-    def query_logits(self, proj: Tensor, attribute: str) -> Tensor:
+    def query_logits(self, proj: Tensor, attribute: str, sim: Tensor | None = None) -> Tensor:
         """(Tensor[..., A, E]) -> logits over the attribute's concepts (Tensor[..., C_a])."""
         a = self.attributes.index(attribute)
         ids = self.attribute_concepts[attribute]
-        s = self.similarity(proj)[..., ids, a]  # (..., C_a)
+        s = (self.similarity(proj) if sim is None else sim)[..., ids, a]  # (..., C_a)
         return s + self.log_belong()[ids, a]
 
     def same_logits(self, proj: Tensor, mask: Tensor) -> Tensor:

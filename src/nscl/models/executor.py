@@ -265,16 +265,27 @@ def op_filter(a: Args) -> Tensor:
     return torch.minimum(a.x, picked.min(-1).values).masked_fill(~_mask(a), PAD)
 
 
+def attend(x: Tensor, mask: Tensor, table: Tensor, img: Tensor, param: Tensor | None, quantize: bool) -> Tensor:
+    """Row of ``table`` read at the unique object of ``x``: sum_i unique(x)[k, i] * T[k, i, :].
+
+    x (k, N) logits; table (B, [R,] N, M) indexed by img (k,) and, when given, param (k,) -> (k, M). In test
+    mode unique is one-hot, so this is a direct row lookup that never materialises the (k, N, M) slices."""
+    if quantize:
+        i = x.masked_fill(~mask, PAD).argmax(-1)  # (k,)
+        return table[img, param, i] if param is not None else table[img, i]
+    p = unique(x, mask, quantize)  # (k, N)
+    rows = table[img, param] if param is not None else table[img]  # (k, N, M)
+    return torch.bmm(p[:, None, :], rows).squeeze(1)
+
+
 def op_relate(a: Args) -> Tensor:
-    p = unique(a.x, _mask(a), a.quantize)  # (k, N)
-    rel = a.scene.relation[a.img, a.param]  # (k, N, N)
-    return torch.einsum("ki,kij->kj", p, rel).masked_fill(~_mask(a), PAD)
+    m = _mask(a)
+    return attend(a.x, m, a.scene.relation, a.img, a.param, a.quantize).masked_fill(~m, PAD)
 
 
 def op_relate_attribute_equal(a: Args) -> Tensor:
-    p = unique(a.x, _mask(a), a.quantize)
-    same = a.scene.same[a.img, a.param]  # (k, N, N)
-    return torch.einsum("ki,kij->kj", p, same).masked_fill(~_mask(a), PAD)
+    m = _mask(a)
+    return attend(a.x, m, a.scene.same, a.img, a.param, a.quantize).masked_fill(~m, PAD)
 
 
 def op_intersect(a: Args) -> Tensor:
@@ -321,9 +332,9 @@ def op_count_equal(a: Args) -> Tensor:
 
 def op_query_attribute_equal(a: Args) -> Tensor:
     m = _mask(a)
-    p, q = unique(a.x, m, a.quantize), unique(a.y, m, a.quantize)
-    same = a.scene.same[a.img, a.param]  # (k, N, N)
-    return torch.einsum("ki,kij,kj->k", p, same, q)
+    row = attend(a.x, m, a.scene.same, a.img, a.param, a.quantize)  # (k, N): same-ness to x's object
+    q = unique(a.y, m, a.quantize)  # (k, N)
+    return (row * q).sum(-1)
 
 
 SET_OPS: dict[str, Callable[[Args], Tensor]] = {
@@ -342,7 +353,6 @@ SCALAR_OPS: dict[str, Callable[[Args], Tensor]] = {
     "count_greater": op_count_greater,
     "query_attribute_equal": op_query_attribute_equal,
 }
-SCALAR_KIND = {"count": 1}  # every other scalar op answers yes/no (kind 0)
 # Op codes used by compiled programs; query is special: its output size depends on the attribute.
 OP_NAMES: tuple[str, ...] = (*SET_OPS, *SCALAR_OPS, "query")
 
@@ -365,7 +375,6 @@ class Executor:
         level = -1
         scalar_rows: list[Tensor] = []
         scalar_vals: list[Tensor] = []
-        kind = torch.full((Q,), -1, dtype=torch.long, device=device)
         query_parts: dict[int, list[tuple[Tensor, Tensor]]] = {}
         for g in batch.groups:
             if g.level != level:  # inputs of this level are all in earlier levels
@@ -380,17 +389,15 @@ class Executor:
             elif name in SCALAR_OPS:
                 scalar_rows.append(g.questions)
                 scalar_vals.append(SCALAR_OPS[name](args))
-                kind[g.questions] = SCALAR_KIND.get(name, 0)
             else:  # query: one attribute per group
                 a_id = g.attribute
-                p = unique(x, _mask(args), quantize)  # (k, N)
-                logits = torch.einsum("kn,knc->kc", p, scene.query[self.attributes[a_id]][g.images])
+                table = scene.query[self.attributes[a_id]]  # (B, N, C_a)
+                logits = attend(x, args.mask, table, g.images, None, quantize)  # (k, C_a)
                 query_parts.setdefault(2 + a_id, []).append((g.questions, logits))
-                kind[g.questions] = 2 + a_id
         scalar = torch.full((Q,), float("nan"), device=device)
         if scalar_vals:
             scalar = scalar.index_put((torch.cat(scalar_rows),), torch.cat(scalar_vals).to(scalar.dtype))
         query = {
             k: (torch.cat([i for i, _ in v]), torch.cat([l for _, l in v])) for k, v in query_parts.items()
         }
-        return Output(kind, scalar, query)
+        return Output(batch.output_kind, scalar, query)

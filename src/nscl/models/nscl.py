@@ -31,9 +31,10 @@ class NSCL(nn.Module):
     def scene_logits(self, feats: SceneFeatures) -> SceneLogits:
         """Concept, query, same-attribute and relation logits of every object (pair) in the batch."""
         proj = self.concepts.project(feats.objects)  # (B, N, A, E)
+        sim = self.concepts.similarity(proj)  # (B, N, C, A), shared by concept and query logits
         return SceneLogits(
-            concept=self.concepts.concept_logits(proj),  # (B, N, C)
-            query={a: self.concepts.query_logits(proj, a) for a in self.domain.attribute_names},
+            concept=self.concepts.concept_logits(proj, sim),  # (B, N, C)
+            query={a: self.concepts.query_logits(proj, a, sim) for a in self.domain.attribute_names},
             same=self.concepts.same_logits(proj, feats.mask),  # (B, A, N, N)
             relation=self.concepts.relation_logits(feats.pairs),  # (B, R, N, N)
             mask=feats.mask,

@@ -37,6 +37,11 @@ class PerceptionConfig:
     use_geometry: bool = True  # add box geometry to object and pair features
     fine_roi: bool = True  # small trunk: also pool the stride-4 map (finer shape detail)
     pixel_roi: int = 16  # > 0: also crop each box from the image at this size and encode it with a small CNN
+    # Training-time augmentation of appearance only (box geometry always comes from the true boxes, so
+    # relations and positions stay correct): mirror each image with probability 1/2, and move each edge of a
+    # pooled box by up to this fraction of the box's width or height.
+    flip: bool = False
+    box_jitter: float = 0.0
 
 
 @dataclass
@@ -170,6 +175,21 @@ class Perception(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
+    def _augment(self, x: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
+        """x (Tensor[B, 3, H, W]), boxes (Tensor[B, N, 4]) -> augmented images and the boxes to pool them at."""
+        B, _, _, W = x.shape
+        pool = boxes
+        if self.cfg.box_jitter > 0:
+            size = (boxes[..., 2:] - boxes[..., :2]).repeat(1, 1, 2)  # (B, N, 4): w, h, w, h
+            noise = torch.rand(boxes.shape, device=boxes.device) * 2 - 1  # (B, N, 4) in [-1, 1)
+            pool = boxes + noise * self.cfg.box_jitter * size
+        if self.cfg.flip:
+            f = torch.rand(B, device=x.device) < 0.5  # (B,)
+            x = torch.where(f[:, None, None, None], x.flip(-1), x)
+            mirrored = torch.stack([W - pool[..., 2], pool[..., 1], W - pool[..., 0], pool[..., 3]], -1)
+            pool = torch.where(f[:, None, None], mirrored, pool)
+        return x, pool
+
     def forward(self, images: Tensor, boxes: Tensor, mask: Tensor) -> SceneFeatures:
         """images (Tensor[B, 3, H, W]) uint8 or float in [0, 1]; boxes (Tensor[B, N, 4]) xyxy pixels of these
         images; mask (Tensor[B, N] bool)."""
@@ -178,13 +198,16 @@ class Perception(nn.Module):
         B, _, H, W = images.shape
         N = boxes.shape[1]
         x = (images - self.mean) / self.std
+        pool_boxes = boxes  # (B, N, 4) where features are pooled; geometry always uses `boxes`
+        if self.training and (self.cfg.flip or self.cfg.box_jitter > 0):
+            x, pool_boxes = self._augment(x, boxes)
         if self.fine_reduce is not None:
             fine, fmap = self.trunk.forward_pyramid(x)  # (B, C4, H/4, W/4), (B, C, H/8, W/8)
         else:
             fine, fmap = None, self.trunk(x)  # (B, C, H/s, W/s)
         # RoI Align over every valid box of the batch in one call.
         b_idx, n_idx = mask.nonzero(as_tuple=True)  # (K,), (K,)
-        rois = torch.cat([b_idx[:, None].to(boxes.dtype), boxes[b_idx, n_idx]], dim=1)  # (K, 5)
+        rois = torch.cat([b_idx[:, None].to(boxes.dtype), pool_boxes[b_idx, n_idx]], dim=1)  # (K, 5)
         pooled = roi_align(
             fmap,
             rois,
