@@ -265,7 +265,9 @@ def op_filter(a: Args) -> Tensor:
     return torch.minimum(a.x, picked.min(-1).values).masked_fill(~_mask(a), PAD)
 
 
-def attend(x: Tensor, mask: Tensor, table: Tensor, img: Tensor, param: Tensor | None, quantize: bool) -> Tensor:
+def attend(
+    x: Tensor, mask: Tensor, table: Tensor, img: Tensor, param: Tensor | None, quantize: bool
+) -> Tensor:
     """Row of ``table`` read at the unique object of ``x``: sum_i unique(x)[k, i] * T[k, i, :].
 
     x (k, N) logits; table (B, [R,] N, M) indexed by img (k,) and, when given, param (k,) -> (k, M). In test
