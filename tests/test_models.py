@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torchvision.ops import roi_align
 
 from nscl.losses import MISMATCH_LOSS, Targets, qa_loss
@@ -311,3 +312,82 @@ def test_tiny_batch_is_learnt(domain, gen_dataset):
     assert not wrong_soft, f"train-mode answers still wrong: {wrong_soft}"
     # Quantised answers: at most 1 in 10 wrong (counted exactly; 27/30 in float32 is 0.8999999).
     assert 10 * len(wrong_hard) <= len(qids), f"quantised answers wrong: {wrong_hard}"
+
+
+# --------------------------------------------------------------------------------------------- augmentation
+def test_flip_augmentation_is_a_mirror_with_true_geometry(domain):
+    """Training-mode flip = eval-mode features of the mirrored image pooled at the mirrored boxes; the box
+    geometry (and so every pair feature's geometry) still comes from the true boxes; eval mode never flips."""
+    W = 64
+    images, boxes, mask = random_inputs(4, 48, W, [3, 2, 4, 1], seed=5)
+    torch.manual_seed(0)
+    plain = Perception(dataclasses.replace(SMALL, use_geometry=False))
+    torch.manual_seed(0)
+    aug = Perception(dataclasses.replace(SMALL, use_geometry=False, flip=True))
+    aug.load_state_dict(plain.state_dict())
+    plain.eval()
+    torch.manual_seed(123)
+    flipped = torch.rand(4) < 0.5  # the draw the augmentation makes first
+    assert 0 < int(flipped.sum()) < 4, "pick a seed that flips some images and not others"
+    torch.manual_seed(123)
+    aug.train()
+    got = aug(images, boxes, mask)
+    mirrored_images = torch.where(flipped[:, None, None, None], images.flip(-1), images)
+    mb = torch.stack([W - boxes[..., 2], boxes[..., 1], W - boxes[..., 0], boxes[..., 3]], -1)
+    mirrored_boxes = torch.where(flipped[:, None, None] & mask[..., None], mb, boxes)
+    with torch.no_grad():
+        want = plain(mirrored_images, mirrored_boxes, mask)
+        unflipped = plain(images, boxes, mask)
+    torch.testing.assert_close(got.objects, want.objects, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(got.objects[flipped], unflipped.objects[flipped], atol=1e-3)
+    aug.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(aug(images, boxes, mask).objects, unflipped.objects)
+
+
+def test_box_jitter_moves_pooling_not_geometry(domain):
+    images, boxes, mask = random_inputs(2, 48, 64, [3, 2], seed=6)
+    torch.manual_seed(0)
+    p = Perception(dataclasses.replace(SMALL, box_jitter=0.1))
+    x = torch.zeros(2, 3, 48, 64)
+    torch.manual_seed(1)
+    _, pool = p._augment(x, boxes)
+    size = (boxes[..., 2:] - boxes[..., :2]).repeat(1, 1, 2)
+    moved = (pool - boxes).abs()
+    assert bool((moved <= 0.1 * size + 1e-6).all()) and float(moved[mask].max()) > 0
+    p.eval()
+    with torch.no_grad():  # eval mode: deterministic, no jitter
+        a, b = p(images, boxes, mask), p(images, boxes, mask)
+    torch.testing.assert_close(a.objects, b.objects)
+
+
+# --------------------------------------------------------------------------------------------- CUDA
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_and_trains(domain, gen_dataset):
+    """The same model on CUDA gives the CPU's answers (both modes) and takes a training step there."""
+    batch = gen_dataset.make_batch(np.arange(40))
+    model = small_model(domain, seed=0)
+    model.eval()
+    with torch.no_grad():
+        cpu_soft, _ = model(batch.images, batch.boxes, batch.mask, batch.programs)
+        cpu_hard, _ = model(batch.images, batch.boxes, batch.mask, batch.programs, quantize=True)
+    dev = torch.device("cuda")
+    model.to(dev)
+    gb = batch.to(dev)
+    with torch.no_grad():
+        soft, _ = model(gb.images, gb.boxes, gb.mask, gb.programs)
+        hard, _ = model(gb.images, gb.boxes, gb.mask, gb.programs, quantize=True)
+    torch.testing.assert_close(soft.scalar.cpu(), cpu_soft.scalar, atol=1e-3, rtol=1e-3, equal_nan=True)
+    torch.testing.assert_close(hard.scalar.cpu(), cpu_hard.scalar, atol=1e-3, rtol=1e-3, equal_nan=True)
+
+    def decisions(out: Output) -> Tensor:  # yes/no as the logit's sign, counts as they are, NaN elsewhere
+        x = out.scalar.cpu()
+        return torch.where(out.kind.cpu() == 0, (x > 0).to(x.dtype), x)
+
+    torch.testing.assert_close(decisions(hard), decisions(cpu_hard), equal_nan=True)
+    model.train()
+    out, _ = model(gb.images, gb.boxes, gb.mask, gb.programs)
+    loss, _, _ = qa_loss(out, Targets(gb.kind, gb.value))
+    loss.mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and g.is_cuda and torch.isfinite(g).all() for g in grads)
