@@ -126,6 +126,8 @@ def main() -> None:
     ap.add_argument("--few-epochs", type=int, default=60, help="supervised epochs on the K annotations")
     ap.add_argument("--reinforce-epochs", type=int, default=3)
     ap.add_argument("--reward", choices=["answer", "release"], default="answer")
+    ap.add_argument("--baseline", choices=["moving", "loo"], default="moving", help="answer reward baseline")
+    ap.add_argument("--samples", type=int, default=4, help="sampled programs per question (REINFORCE)")
     g = ap.add_mutually_exclusive_group()
     g.add_argument(
         "--oracle", action="store_true", help="REINFORCE with oracle perception (scene annotations)"
@@ -156,6 +158,8 @@ def main() -> None:
         lr=2e-3,
         model=model_cfg,
         reward=args.reward,
+        baseline=args.baseline,
+        samples=args.samples,
         reinforce_epochs=args.reinforce_epochs,
     )
     results: dict[str, dict] = {}

@@ -263,6 +263,13 @@ def test_policy_loss_variants() -> None:
     loss.backward()
     w = torch.cat([torch.softmax(torch.tensor([10.0, 0.0]), 0), torch.tensor([1.0, 0.0])])
     assert torch.allclose(log_prob.grad, -w / 2, atol=1e-6)
+    # leave-one-out baseline: question 1 (right, wrong) -> advantages +1, -1; question 2 (wrong, invalid) -> 0
+    log_prob.grad = None
+    loss, _ = policy_loss(
+        log_prob, torch.zeros(4), correct, valid, None, 2, ParserTrainConfig(baseline="loo"), MovingAverage()
+    )
+    loss.backward()
+    assert torch.allclose(log_prob.grad, -torch.tensor([1.0, -1.0, 0.0, 0.0]) / 4)
 
 
 def test_stratified_subset_spreads_over_families(domain: Domain) -> None:

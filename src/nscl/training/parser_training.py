@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 REWARDS = ("answer", "release")
 PERCEPTIONS = ("model", "oracle")
+BASELINES = ("moving", "loo")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class ParserTrainConfig:
     samples: int = 4  # sampled programs per question
     reward: str = "answer"  # "answer": 1 if right, moving-average baseline; "release": 10 - QA loss, softmax
     baseline_momentum: float = 0.9
+    # "answer" reward's baseline: "moving" (moving average of the mean reward) or "loo" (leave-one-out: the
+    # mean reward of the question's other samples, so only questions with both right and wrong samples move)
+    baseline: str = "moving"
     entropy_weight: float = 0.0
     supervised_weight: float = 1.0  # REINFORCE steps also fit a batch of the K annotations
     word_dropout: float = 0.0  # supervised: read ordinary words as <UNK> with this probability
@@ -75,6 +79,8 @@ class ParserTrainConfig:
 
         if self.reward not in REWARDS:
             raise ConfigError(f"parser.reward must be one of {', '.join(REWARDS)}, not {self.reward!r}")
+        if self.baseline not in BASELINES:
+            raise ConfigError(f"parser.baseline must be one of {', '.join(BASELINES)}, not {self.baseline!r}")
         if self.perception not in PERCEPTIONS:
             raise ConfigError(
                 f"parser.perception must be one of {', '.join(PERCEPTIONS)}, not {self.perception!r}"
@@ -461,12 +467,17 @@ def policy_loss(
 ) -> tuple[Tensor, float]:
     """REINFORCE loss over B x samples sampled programs (question-major rows) and the mean reward.
 
-    ``answer``: reward 1 for a right answer, advantage against a moving-average baseline. ``release``: the
+    ``answer``: reward 1 for a right answer, advantage against a moving-average baseline or, with
+    ``cfg.baseline == "loo"``, the mean reward of the same question's other samples. ``release``: the
     release's variant, reward 10 - QA loss (``qa``, soft execution), weights softmax-normalised over each
     question's candidates."""
     reward = correct.float() * valid
     mean_r = float(reward.mean()) if reward.numel() else 0.0
-    if cfg.reward == "answer":
+    if cfg.reward == "answer" and cfg.baseline == "loo" and samples > 1:
+        r = reward.view(-1, samples)  # (B, S)
+        b = (r.sum(1, keepdim=True) - r) / (samples - 1)  # (B, S): mean of the other samples
+        loss = -((r - b).flatten() * dec_log_prob * valid).mean()
+    elif cfg.reward == "answer":
         b = baseline.value if baseline.value is not None else mean_r
         loss = -((reward - b) * dec_log_prob * valid).mean()
         baseline.update(mean_r)
