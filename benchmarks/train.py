@@ -39,6 +39,11 @@ def main() -> None:
         "--run-dir", default=None, help="also report time-to-accuracy from this run's metrics.jsonl"
     )
     ap.add_argument("--target", type=float, default=0.99)
+    ap.add_argument(
+        "--metric",
+        default="validation/acc/qa",
+        help="metrics.jsonl key for --run-dir (validationextra/acc/qa: the held-out split given as extra data)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -100,18 +105,19 @@ def main() -> None:
         hit = None
         for r in recs:
             elapsed += r.get("seconds", 0.0)
-            acc = r.get("validation/acc/qa")
+            acc = r.get(args.metric)
             if acc is not None and acc >= args.target and hit is None:
                 hit = (r["epoch"], elapsed, acc)
-        best = max((r.get("validation/acc/qa", 0.0) for r in recs), default=0.0)
+        best = max((r.get(args.metric, 0.0) for r in recs), default=0.0)
         if hit:
             print(
-                f"{args.run_dir}: dev accuracy {hit[2]:.4f} >= {args.target} at epoch {hit[0]}, "
+                f"{args.run_dir}: {args.metric} {hit[2]:.4f} >= {args.target} at epoch {hit[0]}, "
                 f"{hit[1] / 60:.1f} min of training"
             )
         else:
             print(
-                f"{args.run_dir}: dev accuracy never reached {args.target} (best {best:.4f}, {elapsed / 60:.1f} min)"
+                f"{args.run_dir}: {args.metric} never reached {args.target} (best {best:.4f}, "
+                f"{elapsed / 60:.1f} min)"
             )
 
 
