@@ -249,7 +249,7 @@ def test_policy_loss_variants() -> None:
     valid = torch.tensor([True, True, True, False])
     baseline = MovingAverage(0.5, value=0.25)
     loss, mean_r = policy_loss(
-        log_prob, torch.zeros(4), correct, valid, None, 2, ParserTrainConfig(), baseline
+        log_prob, torch.zeros(4), correct, valid, None, 2, ParserTrainConfig(baseline="moving"), baseline
     )
     assert mean_r == 0.25 and baseline.value == 0.25
     loss.backward()

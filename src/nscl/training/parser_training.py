@@ -67,7 +67,7 @@ class ParserTrainConfig:
     baseline_momentum: float = 0.9
     # "answer" reward's baseline: "moving" (moving average of the mean reward) or "loo" (leave-one-out: the
     # mean reward of the question's other samples, so only questions with both right and wrong samples move)
-    baseline: str = "moving"
+    baseline: str = "loo"
     entropy_weight: float = 0.0
     supervised_weight: float = 1.0  # REINFORCE steps also fit a batch of the K annotations
     word_dropout: float = 0.0  # supervised: read ordinary words as <UNK> with this probability
