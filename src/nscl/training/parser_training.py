@@ -63,7 +63,7 @@ class ParserTrainConfig:
     reinforce_lr: float = 2e-4
     reinforce_batch_size: int = 64  # questions per step
     samples: int = 4  # sampled programs per question
-    reward: str = "answer"  # "answer": 1 if right, moving-average baseline; "release": 10 - QA loss, softmax
+    reward: str = "answer"  # "answer": 1 if right, minus `baseline`; "release": 10 - QA loss, softmax
     baseline_momentum: float = 0.9
     # "answer" reward's baseline: "moving" (moving average of the mean reward) or "loo" (leave-one-out: the
     # mean reward of the question's other samples, so only questions with both right and wrong samples move)
