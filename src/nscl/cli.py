@@ -471,7 +471,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ]
     image = val_paths.images / scene.image_filename
     # One question of our own, answered from the scene annotation. (A bare "How many objects are there?" is
-    # nearly absent from generated training data, like CLEVR's: 2 of the demo's 30,000 questions.)
+    # nearly absent from the generated training data: 2 of the demo's 30,000 questions.)
     n_spheres = sum(o.attributes.get("shape") == "sphere" for o in scene.objects)
     for text, truth in [
         *((q.question, q.answer) for q in stored),
