@@ -146,6 +146,13 @@ def main() -> None:
     )
     ap.add_argument("--hidden-dim", type=int, default=64)
     ap.add_argument("--embedding-dim", type=int, default=32)
+    ap.add_argument(
+        "--min-referent-p",
+        type=float,
+        default=0.05,
+        help="REINFORCE: no reward below this probability of unambiguous references (0: off)",
+    )
+    ap.add_argument("--guided-beam", type=int, default=8, help="execution-guided decoding beam (0: off)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--domain", default=None)
     args = ap.parse_args()
@@ -162,7 +169,10 @@ def main() -> None:
         baseline=args.baseline,
         samples=args.samples,
         reinforce_epochs=args.reinforce_epochs,
+        min_referent_p=args.min_referent_p,
+        guided_beam=args.guided_beam,
     )
+    guided = {"guided_beam": args.guided_beam, "min_referent_p": args.min_referent_p or 0.05}
     results: dict[str, dict] = {}
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -203,7 +213,7 @@ def main() -> None:
             ds_t = QADataset(load_split(SplitPaths.resolve(train_dir), domain), domain, tcfg.image_height)
             ds_v = QADataset(load_split(SplitPaths.resolve(val_dir), domain), domain, tcfg.image_height)
             scenes_train, scenes_val = ModelScenes(model, ds_t), ModelScenes(model, ds_v)
-        m = evaluate_parser(parser, val, "heldout", scenes_val)
+        m = evaluate_parser(parser, val, "heldout", scenes_val, **guided)
         report(f"{len(picked)} stratified annotations, {args.few_epochs} epochs", m, secs)
         results["few"] = {**m, "seconds": secs, "annotations": len(picked)}
         if scenes_train is not None and args.reinforce_epochs > 0:
@@ -218,7 +228,7 @@ def main() -> None:
 
             train_reinforce(parser, train, scenes_train, few_cfg, picked, args.seed, show)
             secs = time.time() - t
-            m = evaluate_parser(parser, val, "heldout", scenes_val)
+            m = evaluate_parser(parser, val, "heldout", scenes_val, **guided)
             source = "oracle perception" if args.oracle else f"perception {args.perception}"
             report(
                 f"+ REINFORCE on {len(train)} answers, {args.reinforce_epochs} epochs, {source}, "

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from nscl.ask import AskResult, ask, read_boxes
+from nscl.ask import AskResult, ask, prepare_image, read_boxes
 from nscl.domain import Domain
 from nscl.errors import NSCLError
 from nscl.models.nscl import NSCL, ModelConfig
@@ -138,13 +139,34 @@ def test_boxes_file_gives_the_same_result(setup: dict) -> None:
 
 
 def test_relation_steps_show_the_chosen_object(setup: dict) -> None:
-    r = ask(
-        setup["ckpt"], setup["image"], "What color is the ball left of the block?", boxes_json=setup["boxes"]
-    )
+    q = "What color is the ball left of the block?"
+    # The fixture's perception is untrained, so execution guidance (next test) is off here.
+    r = ask(setup["ckpt"], setup["image"], q, boxes_json=setup["boxes"], guided_beam=0)
     assert r.program == "query(color, filter(relate(filter(scene(), [cube]), left), [sphere]))"
+    assert r.parse_rank == 0
     relate = next(s for s in r.steps if s.op == "relate")
     assert relate.concepts == ["left"] and len(relate.input_objects) == 1
     assert "input 0 is object #" in r.format_trace()
+
+
+def test_guided_parse_is_reported(setup: dict, domain: Domain) -> None:
+    """On the untrained perception "the cube" is ambiguous, so guidance takes a beam candidate whose
+    references are unambiguous on this image, and the trace says so."""
+    q = "What color is the ball left of the block?"
+    r = ask(setup["ckpt"], setup["image"], q, boxes_json=setup["boxes"], guided_beam=8)
+    assert r.parse_rank > 0
+    assert r.program != "query(color, filter(relate(filter(scene(), [cube]), left), [sphere]))"
+    assert f"beam candidate {r.parse_rank}" in r.format_trace()
+    prog = program_from_str(r.program, domain)
+    images, scaled = prepare_image(
+        setup["image"], read_boxes(setup["image"], domain, boxes_json=setup["boxes"]), HEIGHT
+    )
+    with torch.no_grad():
+        scene = (
+            setup["model"].eval().perceive(images, scaled, torch.ones(1, scaled.shape[1], dtype=torch.bool))
+        )
+        out, _ = run_programs([prog], [0], scene, domain, True)
+    assert float(out.referent_logp[0]) >= math.log(0.05)
 
 
 def test_errors_are_clear(setup: dict, domain: Domain) -> None:

@@ -18,6 +18,7 @@ from nscl.models.executor import (
     Executor,
     ProgramBatch,
     SceneLogits,
+    log_p_single,
 )
 from nscl.models.nscl import NSCL, ModelConfig
 from nscl.models.oracle import oracle_scene_logits
@@ -409,6 +410,11 @@ def test_oracle_perception_answers_every_question(domain, gen_split, quantize):
     assert not scene.mask.all(), "scenes of different sizes exercise padding"
     out = Executor(domain)(ProgramBatch.collate(programs, images), scene, quantize)
     _, correct, pred = qa_loss(out, Targets(torch.tensor(tk), torch.tensor(tv)))
+    # CLEVR's engine only asks unambiguous questions: with perfect perception every reference is one object.
+    if quantize:
+        assert out.referent_logp.min() > math.log(0.99), out.referent_logp.min()
+    else:
+        assert out.referent_logp is None  # a test-mode check only
     wrong = [
         (
             i,
@@ -420,3 +426,42 @@ def test_oracle_perception_answers_every_question(domain, gen_split, quantize):
         if int(pred[i]) >= 0
     ]
     assert bool(correct.all()), f"{int((~correct).sum())} wrong, e.g. {wrong}"
+
+
+# ----------------------------------------------------------------------------- unambiguous references
+def p_exactly_one(xs: list[float]) -> float:
+    """Naive: enumerate which object is the one, the rest absent."""
+    return sum(sig(xs[i]) * math.prod(1 - sig(x) for j, x in enumerate(xs) if j != i) for i in range(len(xs)))
+
+
+def test_log_p_single_matches_enumeration():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 5, generator=g, dtype=torch.float64) * 4
+    x[0] = torch.tensor([10.0, -10, -10, -10, -10])  # one certain object: P ~ 1
+    x[1] = torch.tensor([10.0, 10, -10, -10, -10])  # two: P ~ 0
+    mask = torch.ones(6, 5, dtype=torch.bool)
+    mask[2, 3:] = False
+    mask[3, 1:] = False
+    x[2, 3:] = 50.0  # padding must not count
+    got = log_p_single(x, mask).exp()
+    for k in range(6):
+        real = [float(v) for v, m in zip(x[k], mask[k]) if m]
+        assert got[k].item() == pytest.approx(p_exactly_one(real), rel=1e-9, abs=1e-12), k
+    assert got[0] > 0.999 and got[1] < 1e-3
+
+
+def test_referent_logp_on_hand_scene(domain, hand_batch):
+    """Sum over the program's unique() inputs of log P(exactly one object), from the set logits."""
+    names, batch = hand_batch
+    out = Executor(domain)(batch, hand_scene(domain), quantize=True)
+    got = {n: float(v) for n, v in zip(names, out.referent_logp)}
+    red, cube, sphere = (CONCEPTS[c] for c in ("red", "cube", "sphere"))
+    for img in (0, 1):
+        assert got[("count(red)", img)] == 0.0  # no unique: nothing to check
+        assert got[("query(sphere)", img)] == pytest.approx(math.log(p_exactly_one(sphere[img])), rel=1e-5)
+        # two references: the red object, then the object left of it (test mode: the row of red's argmax)
+        left_of_red = LEFT[img][max(range(COUNTS[img]), key=lambda i: red[img][i])]
+        two = math.log(p_exactly_one(red[img])) + math.log(p_exactly_one(left_of_red))
+        assert got[("query(relate)", img)] == pytest.approx(two, rel=1e-5)
+        both = math.log(p_exactly_one(red[img])) + math.log(p_exactly_one(cube[img]))
+        assert got[("equal_color", img)] == pytest.approx(both, rel=1e-5)

@@ -31,14 +31,18 @@ from nscl.training.parser_training import (
     OracleScenes,
     ParserExample,
     ParserTrainConfig,
+    answer_targets,
     evaluate_parser,
     examples_from_questions,
+    guided_parse,
     joint_step,
     load_parser,
     make_joint_batch,
     nscl_to_clevr,
     parse_questions_file,
     policy_loss,
+    rewarded,
+    run_programs,
     stratified_subset,
     train_parser_on_pairs,
     train_reinforce,
@@ -359,6 +363,12 @@ def test_evaluate_parser_metric_names(tiny_parser: Parser, domain: Domain, gen_s
     assert m["validation/acc/qa"] == 1.0
     assert m["validation/acc/qa_parsed"] == 0.5  # the refused question counts as wrong
     assert m["validation/parse_errors"] == 1.0
+    g = evaluate_parser(
+        tiny_parser, examples, "validation", OracleScenes(gen_split.scenes, domain), guided_beam=4
+    )
+    assert g["validation/acc/qa_guided"] == 0.5 and g["validation/guided_changed"] == 0.0
+    with pytest.raises(NSCLError, match="min_referent_p"):
+        ParserTrainConfig(min_referent_p=1.5)
 
 
 def test_nscl_to_clevr_inverts_translate(domain: Domain, gen_split) -> None:
@@ -494,3 +504,54 @@ def test_fit_parser_target_parser_then_all(domain: Domain, gen_root: Path, tmp_p
         not torch.equal(a, b) for a, b in zip(model.state_dict().values(), tuned.state_dict().values())
     )
     assert state["parser"] and load_parser(res.checkpoint) is not None
+
+
+# --------------------------------------------------------------------------------------------- guidance
+def _two_cube_scene(gen_split):
+    """A generated scene with exactly two cubes, of different colors."""
+    for s in gen_split.scenes.values():
+        cubes = [o for o in s.objects if o.attributes["shape"] == "cube"]
+        if len(cubes) == 2 and cubes[0].attributes["color"] != cubes[1].attributes["color"]:
+            return s, cubes
+    pytest.skip("no scene with two differently coloured cubes")
+
+
+class _ScriptedParser:
+    """The two calls guided_parse makes, answered from a script: greedy parses and beam candidates."""
+
+    def __init__(self, domain: Domain, greedy: dict, candidates: dict) -> None:
+        self.domain, self.greedy, self.candidates = domain, greedy, candidates
+
+    def parse_many(self, questions, beam_size=1, unknown="error", batch_size=256):
+        return [self.greedy[q] for q in questions], [None] * len(questions)
+
+    def parse_candidates(self, questions, beam_size, n_best):
+        return [self.candidates[q][:n_best] for q in questions]
+
+
+def test_guided_parse_replaces_only_ambiguous_parses(domain: Domain, gen_split) -> None:
+    s, cubes = _two_cube_scene(gen_split)
+    one = cubes[0].attributes["color"]
+    ambiguous = program_from_str("query(color, filter(scene(), [cube]))", domain)
+    unique = program_from_str(f"query(color, filter(scene(), [{one}, cube]))", domain)
+    greedy = {"a": unique, "b": ambiguous, "c": ambiguous}
+    cands = {"a": [ambiguous], "b": [ambiguous, unique], "c": [ambiguous]}
+    scenes = OracleScenes(gen_split.scenes, domain)
+    g = guided_parse(_ScriptedParser(domain, greedy, cands), ["a", "b", "c"], [s.image_index] * 3, scenes)  # type: ignore[arg-type]
+    assert g.rank == [0, 2, -1]  # kept; the beam's second candidate; nothing passed, greedy kept
+    assert g.programs == [unique, unique, ambiguous]
+    off = guided_parse(_ScriptedParser(domain, greedy, cands), ["b"], [s.image_index], scenes, beam_size=1)  # type: ignore[arg-type]
+    assert off.programs == [ambiguous] and off.rank == [-1]
+
+
+def test_reward_needs_unambiguous_references(domain: Domain, gen_split) -> None:
+    """A program that reads two cubes as "the cube" earns nothing even where its answer happens to be right."""
+    s, cubes = _two_cube_scene(gen_split)
+    ambiguous = program_from_str("query(color, filter(scene(), [cube]))", domain)
+    scene = OracleScenes(gen_split.scenes, domain)([s.image_index])
+    out, _ = run_programs([ambiguous, ambiguous], [0, 0], scene, domain, True)
+    said = out.query[2 + domain.attribute_names.index("color")][1].argmax(-1)
+    colors = domain.attribute("color").concepts
+    tgt = answer_targets([colors[int(said[0])], colors[int(said[0])]], domain)
+    assert rewarded(out, tgt, 0.0).tolist() == [True, True]  # the check off: right answer, reward
+    assert rewarded(out, tgt, 0.05).tolist() == [False, False]

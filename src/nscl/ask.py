@@ -78,6 +78,9 @@ class AskResult:
     answer: str
     confidence: float
     boxes: list[list[float]]  # every object's box, xyxy pixels of the given image
+    # execution-guided decoding: 0 = the greedy parse; k = the beam's k-th candidate, taken because the
+    # greedy parse's references were ambiguous on this image; -1 = no candidate was unambiguous
+    parse_rank: int = 0
 
     def format_trace(self, shown: int = SHOWN) -> str:
         """A human-readable account: the program, each step with its most likely objects, the answer."""
@@ -87,7 +90,17 @@ class AskResult:
             text = ", ".join(f"#{o.index} {o.prob:.2f}" for o in top[:shown])
             return text + (f", ... ({len(top) - shown} more)" if len(top) > shown else "")
 
-        lines = [f"Question: {self.question}", f"Program:  {self.program}", "Objects:"]
+        lines = [f"Question: {self.question}", f"Program:  {self.program}"]
+        if self.parse_rank > 0:
+            lines.append(
+                f"          (beam candidate {self.parse_rank}: the greedy parse referred to no object or "
+                "several where the question needs one)"
+            )
+        elif self.parse_rank < 0:
+            lines.append(
+                "          (warning: every candidate parse refers ambiguously to this image's objects)"
+            )
+        lines.append("Objects:")
         for i, b in enumerate(self.boxes):
             lines.append(f"  #{i} box [{', '.join(f'{v:.0f}' for v in b)}]")
         lines.append("Steps:")
@@ -286,11 +299,16 @@ def ask(
     boxes_json: str | Path | None = None,
     beam_size: int = 1,
     device: str | torch.device = "cpu",
+    guided_beam: int = 8,
 ) -> AskResult:
-    """Parse ``question``, perceive the image's objects and execute the program step by step."""
-    from .models.parser import parser_from_state
+    """Perceive the image's objects, parse ``question`` and execute the program step by step.
+
+    With ``guided_beam`` > 0 the parse is execution-guided (``parser_training.guided_parse``): the greedy
+    parse is replaced by the first of the beam's ``guided_beam`` candidates whose references are unambiguous
+    on this image; ``beam_size`` then goes unused. With 0, the parse is a beam of ``beam_size``."""
+    from .models.parser import ParseError, parser_from_state
     from .training.checkpoint import load_checkpoint
-    from .training.parser_training import run_programs
+    from .training.parser_training import guided_parse, run_programs
     from .training.trainer import model_from_checkpoint
 
     state = load_checkpoint(checkpoint_path)
@@ -304,17 +322,32 @@ def ask(
     model, cfg, domain = model_from_checkpoint(state, str(checkpoint_path))
     model.to(device).eval()
     parser = parser_from_state(state["parser"], domain, str(checkpoint_path)).to(device)
-    program = parser.parse([question], beam_size)[0]
     boxes = read_boxes(image_path, domain, scene_json, index, boxes_json)
     images, scaled = prepare_image(image_path, boxes, cfg.image_height)
     mask = torch.ones(1, len(boxes), dtype=torch.bool)
-    scene = model.perceive(images.to(device), scaled.to(device), mask.to(device))
+    with torch.no_grad():
+        scene = model.perceive(images.to(device), scaled.to(device), mask.to(device))
+    rank = 0
+    if guided_beam > 0:
+        gp = guided_parse(parser, [question], [0], lambda _: scene, guided_beam)
+        if gp.errors[0] is not None:
+            raise ParseError(gp.errors[0])
+        program, rank = gp.programs[0], gp.rank[0]
+    else:
+        program = parser.parse([question], beam_size)[0]
     steps, _, confidence = trace_program(program, scene, domain, boxes, quantize=True)
     # The answer is the batched executor's (as in evaluation); the trace uses the same primitives.
     out, _ = run_programs([program], [0], scene, domain, True)
     answer = _decode_answer(out, domain)
     return AskResult(
-        question, program.to_str(), program.to_json(), steps, answer, confidence, [b.as_list() for b in boxes]
+        question,
+        program.to_str(),  # type: ignore[union-attr]
+        program.to_json(),  # type: ignore[union-attr]
+        steps,
+        answer,
+        confidence,
+        [b.as_list() for b in boxes],
+        rank,
     )
 
 

@@ -581,7 +581,14 @@ def _ask_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--index", type=int, default=None, help="image_index of the scene in --scene-json")
     p.add_argument("--boxes-json", default=None, help="JSON list of object boxes [x0, y0, x1, y1] in pixels")
-    p.add_argument("--beam", type=int, default=1, help="parser beam size (1: greedy)")
+    p.add_argument("--beam", type=int, default=1, help="parser beam size without guidance (1: greedy)")
+    p.add_argument(
+        "--guided-beam",
+        type=int,
+        default=8,
+        help="execution-guided parsing: when the greedy parse refers ambiguously to the image's objects, try "
+        "this many beam candidates (0: off, use --beam)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
 
@@ -601,6 +608,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         boxes_json=args.boxes_json,
         beam_size=args.beam,
         device=resolve_device(args.device),
+        guided_beam=args.guided_beam,
     )
     print(json.dumps(res.to_json(), indent=1) if args.json else res.format_trace())
     return 0

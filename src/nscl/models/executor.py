@@ -13,6 +13,7 @@ and answers are argmax / sign decisions).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -211,11 +212,18 @@ class SceneLogits:
 @dataclass
 class Output:
     """Answers of a batch. ``scalar`` (Q,) holds the bool logit or the count; ``query[kind]`` holds
-    (question indices, logits (k, C_a)); ``kind`` (Q,) is the answer kind each program produced."""
+    (question indices, logits (k, C_a)); ``kind`` (Q,) is the answer kind each program produced.
+
+    ``referent_logp`` (Q,), test mode only (None in training mode): the log-probability that every set the program reads as one object (the input
+    of relate, relate_attribute_equal, query and query_attribute_equal) holds exactly one object, each
+    object in a set independently with probability sigmoid(logit). CLEVR's question engine only asks
+    questions whose references are unambiguous, so a low value marks a program that is unlikely to be the
+    question's; the parser's execution-guided decoding reads it, the model's losses never do."""
 
     kind: Tensor
     scalar: Tensor
     query: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    referent_logp: Tensor | None = None
 
 
 # --------------------------------------------------------------------------------------------- primitives
@@ -357,6 +365,17 @@ SCALAR_OPS: dict[str, Callable[[Args], Tensor]] = {
 }
 # Op codes used by compiled programs; query is special: its output size depends on the attribute.
 OP_NAMES: tuple[str, ...] = (*SET_OPS, *SCALAR_OPS, "query")
+# Ops that read their first input (and, for query_attribute_equal, their second) as one object.
+UNIQUE_X = frozenset({"relate", "relate_attribute_equal", "query", "query_attribute_equal"})
+UNIQUE_Y = frozenset({"query_attribute_equal"})
+
+
+def log_p_single(x: Tensor, mask: Tensor) -> Tensor:
+    """(k, N) logits -> (k,) log P(exactly one real object is in the set), objects independent with
+    p_i = sigmoid(x_i): P = sum_i p_i prod_{j != i} (1 - p_j), so log P = sum_j log(1 - p_j) + logsumexp_i x_i
+    (as p_i / (1 - p_i) = exp x_i)."""
+    none = F.logsigmoid(-x).masked_fill(~mask, 0.0).sum(-1)  # (k,) log P(empty)
+    return none + torch.logsumexp(x.masked_fill(~mask, -math.inf), -1)
 
 
 # --------------------------------------------------------------------------------------------- executor
@@ -378,6 +397,7 @@ class Executor:
         scalar_rows: list[Tensor] = []
         scalar_vals: list[Tensor] = []
         query_parts: dict[int, list[tuple[Tensor, Tensor]]] = {}
+        ref_logp = torch.zeros(Q, device=device)  # (Q,) see Output.referent_logp
         for g in batch.groups:
             if g.level != level:  # inputs of this level are all in earlier levels
                 bank = torch.cat(parts) if parts else None
@@ -386,6 +406,12 @@ class Executor:
             x = bank[g.x] if bank is not None else None  # (k, N)
             y = bank[g.y] if bank is not None else None
             args = Args(scene, g.images, x, y, g.concepts, g.param, quantize, scene.mask[g.images])
+            if quantize and name in UNIQUE_X:  # a test-mode check: training never pays for it
+                with torch.no_grad():
+                    lp = log_p_single(x, args.mask)  # type: ignore[arg-type]
+                    if name in UNIQUE_Y:
+                        lp = lp + log_p_single(y, args.mask)  # type: ignore[arg-type]
+                    ref_logp.index_add_(0, g.questions, lp.to(ref_logp.dtype))  # a question may repeat in g
             if name in SET_OPS:
                 parts.append(SET_OPS[name](args))
             elif name in SCALAR_OPS:
@@ -402,4 +428,4 @@ class Executor:
         query = {
             k: (torch.cat([i for i, _ in v]), torch.cat([l for _, l in v])) for k, v in query_parts.items()
         }
-        return Output(batch.output_kind, scalar, query)
+        return Output(batch.output_kind, scalar, query, ref_logp if quantize else None)

@@ -797,13 +797,22 @@ class Parser(nn.Module):
     ) -> list[DecodeState | None]:
         """Best complete action sequence per question (highest total log-probability; ``failed`` when that
         is an op whose argument the question lacks), or None when skipped or nothing completes."""
+        best = self.beam_candidates(enc_q, beam_size, 1, skip)
+        return [c[0] if c else None for c in best]
+
+    @torch.no_grad()
+    def beam_candidates(
+        self, enc_q: EncodedQuestions, beam_size: int, n_best: int, skip: Sequence[bool] | None = None
+    ) -> list[list[DecodeState]]:
+        """Up to ``n_best`` complete action sequences per question, best first, from a beam of
+        ``beam_size`` (empty when skipped or nothing completes)."""
         g = self.grammar
         device = self.embed.weight.device
-        out: list[DecodeState | None] = []
+        out: list[list[DecodeState]] = []
         L = self.cfg.max_length
         for b, q in enumerate(enc_q.info):
             if skip is not None and skip[b]:
-                out.append(None)
+                out.append([])
                 continue
             ids = enc_q.ids[b : b + 1, : len(q)].to(device)
             enc, pad, h = self.encode(ids, enc_q.lengths[b : b + 1].to(device))
@@ -857,9 +866,10 @@ class Parser(nn.Module):
                         new_beams.append(st)
                         rows.append(r)
                         acts.append(a)
-                best_done = max((s.score for s in finished), default=-math.inf)
-                # Scores only decrease, so a live beam below the best finished one can never win.
-                keep = [i for i, s in enumerate(new_beams) if s.score > best_done]
+                done = sorted((s.score for s in finished), reverse=True)
+                bar = done[n_best - 1] if len(done) >= n_best else -math.inf
+                # Scores only decrease, so a live beam below the n-th best finished one can never place.
+                keep = [i for i, s in enumerate(new_beams) if s.score > bar]
                 beams = [new_beams[i] for i in keep]
                 if beams:
                     sel = torch.tensor([rows[i] for i in keep], device=device)
@@ -867,7 +877,7 @@ class Parser(nn.Module):
                     chosen = torch.tensor([acts[i] for i in keep], device=device)
                     prev = self.feedback(chosen, enc.expand(len(keep), -1, -1))
                     covs = self.cover(covs[sel], chosen)
-            out.append(max(finished, key=lambda s: s.score) if finished else None)
+            out.append(sorted(finished, key=lambda s: -s.score)[:n_best])
         return out
 
     # ------------------------------------------------------------------------------------ public API
@@ -904,6 +914,22 @@ class Parser(nn.Module):
         finally:
             self.train(was)
         return programs, errors
+
+    @torch.no_grad()
+    def parse_candidates(self, questions: Sequence[str], beam_size: int, n_best: int) -> list[list[Program]]:
+        """Up to ``n_best`` well-typed programs per question from a beam of ``beam_size``, most probable
+        first; questions with unknown words, and candidates that fail for a missing argument, are left out."""
+        was = self.training
+        self.eval()
+        try:
+            enc_q, errs = self.encode_questions(list(questions), "error")
+            cands = self.beam_candidates(enc_q, beam_size, n_best, skip=[e is not None for e in errs])
+            return [
+                [self.grammar.to_program(st.actions, enc_q.info[j]) for st in c if not st.failed]
+                for j, c in enumerate(cands)
+            ]
+        finally:
+            self.train(was)
 
     def parse(self, questions: Sequence[str], beam_size: int = 1) -> list[Program]:
         """The program of every question; raises :class:`ParseError` (an NSCLError) naming the first

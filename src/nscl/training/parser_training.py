@@ -72,6 +72,11 @@ class ParserTrainConfig:
     supervised_weight: float = 1.0  # REINFORCE steps also fit a batch of the K annotations
     word_dropout: float = 0.0  # supervised: read ordinary words as <UNK> with this probability
     perception: str = "model"  # reward executor: "model" (frozen NSCL of --load) or "oracle" (scene labels)
+    # CLEVR questions only refer to single objects unambiguously: a sampled program whose references hold
+    # exactly one object with probability below this (Output.referent_logp) earns no reward, however it
+    # answers, and execution-guided decoding (guided_beam > 0) rejects such parses. 0 turns the check off.
+    min_referent_p: float = 0.05
+    guided_beam: int = 8  # evaluation: beam of execution-guided decoding (acc/qa_guided); 0 = off
     model: ParserConfig = field(default_factory=ParserConfig)
 
     def __post_init__(self) -> None:
@@ -81,6 +86,10 @@ class ParserTrainConfig:
             raise ConfigError(f"parser.reward must be one of {', '.join(REWARDS)}, not {self.reward!r}")
         if self.baseline not in BASELINES:
             raise ConfigError(f"parser.baseline must be one of {', '.join(BASELINES)}, not {self.baseline!r}")
+        if not 0.0 <= self.min_referent_p < 1.0:
+            raise ConfigError(f"parser.min_referent_p must be in [0, 1), not {self.min_referent_p}")
+        if self.guided_beam < 0:
+            raise ConfigError(f"parser.guided_beam must be >= 0, not {self.guided_beam}")
         if self.perception not in PERCEPTIONS:
             raise ConfigError(
                 f"parser.perception must be one of {', '.join(PERCEPTIONS)}, not {self.perception!r}"
@@ -415,6 +424,89 @@ def run_programs(
     return out, valid
 
 
+def referent_logps(
+    programs: Sequence[Program | None],
+    image_indices: Sequence[int],
+    scenes: SceneSource,
+    domain: Domain,
+    batch_size: int = 256,
+    compiler: Compiler | None = None,
+) -> list[float]:
+    """``Output.referent_logp`` of each program run in test mode on its image; -inf for None (failed
+    parses)."""
+    compiler = compiler or Compiler(domain)
+    res = [-math.inf] * len(programs)
+    live = [i for i, p in enumerate(programs) if p is not None]
+    for s in range(0, len(live), batch_size):
+        idx = live[s : s + batch_size]
+        imgs = sorted({image_indices[i] for i in idx})
+        row_of = {im: r for r, im in enumerate(imgs)}
+        with torch.no_grad():
+            out, _ = run_programs(
+                [programs[i] for i in idx],
+                [row_of[image_indices[i]] for i in idx],
+                scenes(imgs),
+                domain,
+                True,
+                compiler,
+            )
+        for i, v in zip(idx, out.referent_logp.cpu().tolist()):  # type: ignore[union-attr]
+            res[i] = float(v)
+    return res
+
+
+@dataclass
+class GuidedParse:
+    """Execution-guided parses: ``programs[i]`` is the most probable program (greedy, then the beam's
+    candidates in order) whose references are unambiguous enough on question i's image; ``rank[i]`` is 0
+    for the greedy parse, k for the beam's k-th candidate (1-based), -1 where no candidate passed and the
+    greedy parse was kept."""
+
+    programs: list[Program | None]
+    errors: list[str | None]
+    rank: list[int]
+
+
+def guided_parse(
+    parser: Parser,
+    questions: Sequence[str],
+    image_indices: Sequence[int],
+    scenes: SceneSource,
+    beam_size: int = 8,
+    min_referent_p: float = 0.05,
+    batch_size: int = 256,
+) -> GuidedParse:
+    """Execution-guided decoding. CLEVR's engine only asks questions whose every reference ("the cube
+    left of the sphere") picks exactly one object, so a parse whose references are ambiguous or empty on the
+    question's own image (``Output.referent_logp`` below log ``min_referent_p``) is unlikely to be the
+    question's program. The greedy parse is kept when it passes; otherwise the beam's ``beam_size`` best
+    candidates are tried in order. The answer is never consulted."""
+    domain = parser.domain
+    compiler = Compiler(domain)
+    bar = math.log(min_referent_p)
+    programs, errors = parser.parse_many(questions, 1, "error", batch_size)
+    lp = referent_logps(programs, image_indices, scenes, domain, batch_size, compiler)
+    rank = [0] * len(questions)
+    retry = [i for i, v in enumerate(lp) if v < bar]  # unknown words get no candidates and stay errors
+    for i in retry:
+        rank[i] = -1
+    if retry and beam_size > 1:
+        cands = parser.parse_candidates([questions[i] for i in retry], beam_size, beam_size)
+        flat = [(i, k, p) for i, c in zip(retry, cands) for k, p in enumerate(c, start=1)]
+        flat_lp = referent_logps(
+            [p for _, _, p in flat],
+            [image_indices[i] for i, _, _ in flat],
+            scenes,
+            domain,
+            batch_size,
+            compiler,
+        )
+        for (i, k, p), v in zip(flat, flat_lp):
+            if v >= bar and rank[i] == -1:
+                rank[i], programs[i], errors[i] = k, p, None
+    return GuidedParse(programs, errors, rank)
+
+
 def answer_targets(answers: Sequence[str], domain: Domain, device: torch.device | str = "cpu") -> Targets:
     kinds = AnswerKinds(domain)
     kv = [kinds.of_answer(domain, a) for a in answers]
@@ -493,6 +585,16 @@ def policy_loss(
     return loss, mean_r
 
 
+def rewarded(out: Output, tgt: Targets, min_referent_p: float = 0.0) -> Tensor:
+    """(Q,) bool: the test-mode answer is right and, with ``min_referent_p`` > 0, the program's references
+    are unambiguous with at least that probability (``Output.referent_logp``): a program that reaches the
+    right yes/no through the wrong objects earns nothing."""
+    _, correct, _ = qa_loss(out, tgt)
+    if min_referent_p > 0 and out.referent_logp is not None:
+        correct = correct & (out.referent_logp >= math.log(min_referent_p))
+    return correct
+
+
 def train_reinforce(
     parser: Parser,
     examples: Sequence[ParserExample],
@@ -532,7 +634,7 @@ def train_reinforce(
             )
             with torch.no_grad():
                 out, valid = run_programs(dec.programs, rows, scene, domain, True, compiler)
-                _, correct, _ = qa_loss(out, tgt)
+                correct = rewarded(out, tgt, cfg.min_referent_p)
                 qa = None
                 if cfg.reward == "release":
                     out_soft, _ = run_programs(dec.programs, rows, scene, domain, False, compiler)
@@ -657,10 +759,14 @@ def evaluate_parser(
     beam_size: int = 1,
     unknown: str = "error",
     batch_size: int = 256,
+    guided_beam: int = 0,
+    min_referent_p: float = 0.05,
 ) -> dict[str, float]:
     """``{prefix}/acc/program_exact`` (canonical exact match, over annotated questions), and with a scene
     source ``{prefix}/acc/qa`` (ground-truth programs) and ``{prefix}/acc/qa_parsed`` (parsed programs),
-    each also per question type; ``{prefix}/parse_errors`` counts questions the parser refused."""
+    each also per question type; ``{prefix}/parse_errors`` counts questions the parser refused. With
+    ``guided_beam`` > 0 and scenes, also ``{prefix}/acc/qa_guided`` (and per type): QA with execution-guided
+    parses (:func:`guided_parse`), and ``{prefix}/guided_changed``, how many parses the check replaced."""
     programs, errors = parser.parse_many([e.question for e in examples], beam_size, unknown, batch_size)
     exact = QAMeter()
     for e, p in zip(examples, programs):
@@ -669,38 +775,65 @@ def evaluate_parser(
     metrics = {k.replace("/acc/qa", "/acc/program_exact"): v for k, v in exact.metrics(prefix).items()}
     metrics[f"{prefix}/parse_errors"] = float(sum(e is not None for e in errors))
     if scenes is not None:
-        gt, parsed = QAMeter(), QAMeter()
-        answered = [i for i, e in enumerate(examples) if e.answer is not None]
-        sub = [examples[i] for i in answered]
-        for idx in _image_batches(sub, batch_size, None):
-            batch = [sub[i] for i in idx]
-            imgs = sorted({e.image_index for e in batch})
-            row_of = {im: r for r, im in enumerate(imgs)}
-            scene = scenes(imgs)
-            rows = [row_of[e.image_index] for e in batch]
-            tgt = answer_targets([e.answer for e in batch], parser.domain, scene.mask.device)  # type: ignore[misc]
-            progs = [programs[answered[i]] for i in idx]
-            out, valid = run_programs(progs, rows, scene, parser.domain, True)
-            _, ok, _ = qa_loss(out, tgt)
-            ok = (ok & valid).cpu().tolist()
-            types = [e.qtype or (p.final_op if p is not None else "unknown") for e, p in zip(batch, progs)]
-            parsed.update(types, ok)
-            with_gt = [i for i, e in enumerate(batch) if e.program is not None]
-            if with_gt:
-                out_g, _ = run_programs(
-                    [batch[i].program for i in with_gt],
-                    [rows[i] for i in with_gt],
-                    scene,
-                    parser.domain,
-                    True,
-                )
-                tgt_g = Targets(tgt.kind[with_gt], tgt.value[with_gt])
-                _, ok_g, _ = qa_loss(out_g, tgt_g)
-                gt.update([types[i] for i in with_gt], ok_g.cpu().tolist())
+        gt, parsed = _qa_meters(parser, examples, programs, scenes, batch_size)
         if gt.total:
             metrics.update(gt.metrics(prefix))
         metrics.update({k.replace("/acc/qa", "/acc/qa_parsed"): v for k, v in parsed.metrics(prefix).items()})
+        if guided_beam > 0:
+            gp = guided_parse(
+                parser,
+                [e.question for e in examples],
+                [e.image_index for e in examples],
+                scenes,
+                guided_beam,
+                min_referent_p,
+            )
+            _, guided = _qa_meters(parser, examples, gp.programs, scenes, batch_size, with_gt=False)
+            metrics.update(
+                {k.replace("/acc/qa", "/acc/qa_guided"): v for k, v in guided.metrics(prefix).items()}
+            )
+            metrics[f"{prefix}/guided_changed"] = float(sum(r > 0 for r in gp.rank))
     return metrics
+
+
+def _qa_meters(
+    parser: Parser,
+    examples: Sequence[ParserExample],
+    programs: Sequence[Program | None],
+    scenes: SceneSource,
+    batch_size: int,
+    with_gt: bool = True,
+) -> tuple[QAMeter, QAMeter]:
+    """QA of the ground-truth programs and of ``programs`` on the answered examples (test-mode execution)."""
+    gt, parsed = QAMeter(), QAMeter()
+    answered = [i for i, e in enumerate(examples) if e.answer is not None]
+    sub = [examples[i] for i in answered]
+    for idx in _image_batches(sub, batch_size, None):
+        batch = [sub[i] for i in idx]
+        imgs = sorted({e.image_index for e in batch})
+        row_of = {im: r for r, im in enumerate(imgs)}
+        scene = scenes(imgs)
+        rows = [row_of[e.image_index] for e in batch]
+        tgt = answer_targets([e.answer for e in batch], parser.domain, scene.mask.device)  # type: ignore[misc]
+        progs = [programs[answered[i]] for i in idx]
+        out, valid = run_programs(progs, rows, scene, parser.domain, True)
+        _, ok, _ = qa_loss(out, tgt)
+        ok = (ok & valid).cpu().tolist()
+        types = [e.qtype or (p.final_op if p is not None else "unknown") for e, p in zip(batch, progs)]
+        parsed.update(types, ok)
+        with_prog = [i for i, e in enumerate(batch) if e.program is not None] if with_gt else []
+        if with_prog:
+            out_g, _ = run_programs(
+                [batch[i].program for i in with_prog],
+                [rows[i] for i in with_prog],
+                scene,
+                parser.domain,
+                True,
+            )
+            tgt_g = Targets(tgt.kind[with_prog], tgt.value[with_prog])
+            _, ok_g, _ = qa_loss(out_g, tgt_g)
+            gt.update([types[i] for i in with_prog], ok_g.cpu().tolist())
+    return gt, parsed
 
 
 def evaluate_parser_on_dataset(
@@ -718,7 +851,15 @@ def evaluate_parser_on_dataset(
     ground-truth ``acc/qa`` keys are left to the trainer's own evaluation."""
     all_ex = examples_from_questions(questions, parser.domain)
     examples = [all_ex[int(ds.q_index[i])] for i in question_ids]
-    m = evaluate_parser(parser, examples, prefix, ModelScenes(model, ds, device))
+    d = ParserTrainConfig()
+    m = evaluate_parser(
+        parser,
+        examples,
+        prefix,
+        ModelScenes(model, ds, device),
+        guided_beam=d.guided_beam,
+        min_referent_p=d.min_referent_p,
+    )
     return {k: v for k, v in m.items() if not k.startswith(f"{prefix}/acc/qa/") and k != f"{prefix}/acc/qa"}
 
 
@@ -930,12 +1071,15 @@ def fit_parser_target(
             return None
 
         records: list[dict] = []
+        guided = {"guided_beam": pcfg.guided_beam, "min_referent_p": pcfg.min_referent_p or 0.05}
 
         def validate(rec: dict[str, Any]) -> None:
             if dev_ex:
-                rec.update(evaluate_parser(parser, dev_ex, "validation", scene_source("train")))
+                rec.update(evaluate_parser(parser, dev_ex, "validation", scene_source("train"), **guided))
             if extra_ex:
-                rec.update(evaluate_parser(parser, extra_ex, "validationextra", scene_source("extra")))
+                rec.update(
+                    evaluate_parser(parser, extra_ex, "validationextra", scene_source("extra"), **guided)
+                )
 
         def write(rec: dict[str, Any]) -> None:
             records.append(rec)
