@@ -504,6 +504,37 @@ def test_fit_parser_target_parser_then_all(domain: Domain, gen_root: Path, tmp_p
         not torch.equal(a, b) for a, b in zip(model.state_dict().values(), tuned.state_dict().values())
     )
     assert state["parser"] and load_parser(res.checkpoint) is not None
+    # Continuing a parser (parser.init=load): with no training steps the loaded parser comes back unchanged.
+    keep = ParserTrainConfig(
+        init="load", epochs=0, min_steps=0, annotations=20, reinforce_epochs=0, model=TINY
+    )
+    res = fit_parser_target(
+        cfg,
+        domain,
+        train,
+        tmp_path / "cont",
+        torch.device("cpu"),
+        None,
+        str(init),
+        progress=False,
+        parser_cfg=keep,
+    )
+    again = load_parser(res.checkpoint)
+    assert all(torch.equal(a, b) for a, b in zip(parser.state_dict().values(), again.state_dict().values()))
+    bare = tmp_path / "bare.pth"
+    save_checkpoint(bare, checkpoint_state(model, cfg, domain, None, None, 0, {}, None))
+    with pytest.raises(NSCLError, match="parser.init=load"):
+        fit_parser_target(
+            cfg,
+            domain,
+            train,
+            tmp_path / "bad",
+            torch.device("cpu"),
+            None,
+            str(bare),
+            progress=False,
+            parser_cfg=keep,
+        )
 
 
 # --------------------------------------------------------------------------------------------- guidance

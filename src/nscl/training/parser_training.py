@@ -71,6 +71,9 @@ class ParserTrainConfig:
     entropy_weight: float = 0.0
     supervised_weight: float = 1.0  # REINFORCE steps also fit a batch of the K annotations
     word_dropout: float = 0.0  # supervised: read ordinary words as <UNK> with this probability
+    # "new": a fresh parser; "load": continue from the parser of the --load checkpoint (e.g. more REINFORCE
+    # epochs with parser.epochs=0; the K annotations are drawn as before, with the same seed)
+    init: str = "new"
     perception: str = "model"  # reward executor: "model" (frozen NSCL of --load) or "oracle" (scene labels)
     # CLEVR questions only refer to single objects unambiguously: a sampled program whose references hold
     # exactly one object with probability below this (Output.referent_logp) earns no reward, however it
@@ -90,6 +93,8 @@ class ParserTrainConfig:
             raise ConfigError(f"parser.min_referent_p must be in [0, 1), not {self.min_referent_p}")
         if self.guided_beam < 0:
             raise ConfigError(f"parser.guided_beam must be >= 0, not {self.guided_beam}")
+        if self.init not in ("new", "load"):
+            raise ConfigError(f"parser.init must be new or load, not {self.init!r}")
         if self.perception not in PERCEPTIONS:
             raise ConfigError(
                 f"parser.perception must be one of {', '.join(PERCEPTIONS)}, not {self.perception!r}"
@@ -1098,7 +1103,14 @@ def fit_parser_target(
                     "perception: give --load NSCL_CHECKPOINT (or --set parser.perception=oracle, or "
                     "--set parser.reinforce_epochs=0)"
                 )
-            parser = Parser(domain, build_vocab(train_ex), pcfg.model).to(device)
+            if pcfg.init == "load":
+                if base is None or not base.get("parser"):
+                    raise NSCLError(
+                        "parser.init=load continues a parser: give --load with a checkpoint holding one"
+                    )
+                parser = parser_from_state(base["parser"], domain, str(init)).to(device)
+            else:
+                parser = Parser(domain, build_vocab(train_ex), pcfg.model).to(device)
             log.info(
                 "parser: %d annotated programs of %d training questions; dev %d; extra %d",
                 len(annotated),
