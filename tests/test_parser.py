@@ -41,6 +41,7 @@ from nscl.training.parser_training import (
     nscl_to_clevr,
     parse_questions_file,
     policy_loss,
+    pseudo_label,
     rewarded,
     run_programs,
     stratified_subset,
@@ -454,6 +455,23 @@ def test_fit_parser_target_parser_then_all(domain: Domain, gen_root: Path, tmp_p
     assert len((tmp_path / "p" / "metrics.jsonl").read_text().splitlines()) == 3  # 2 epochs + final
     assert (tmp_path / "p" / "curves.png").stat().st_size > 0
     parser = load_parser(res.checkpoint)
+    # Few annotations, then self-training on answers (oracle perception): its epochs are logged as a stage.
+    st = ParserTrainConfig(
+        epochs=2,
+        min_steps=0,
+        annotations=20,
+        reinforce_epochs=0,
+        self_train_epochs=1,
+        perception="oracle",
+        model=TINY,
+    )
+    fit_parser_target(
+        cfg, domain, train, tmp_path / "st", torch.device("cpu"), val, progress=False, parser_cfg=st
+    )
+    stages = [
+        json.loads(line)["stage"] for line in (tmp_path / "st" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert stages == ["supervised", "supervised", "self-training", "final"]
     # Few annotations need a perception for REINFORCE.
     with pytest.raises(NSCLError, match="--load"):
         fit_parser_target(
@@ -586,3 +604,34 @@ def test_reward_needs_unambiguous_references(domain: Domain, gen_split) -> None:
     tgt = answer_targets([colors[int(said[0])], colors[int(said[0])]], domain)
     assert rewarded(out, tgt, 0.0).tolist() == [True, True]  # the check off: right answer, reward
     assert rewarded(out, tgt, 0.05).tolist() == [False, False]
+
+
+def test_pseudo_label_takes_the_first_rewarded_program(domain: Domain, gen_split) -> None:
+    s, cubes = _two_cube_scene(gen_split)
+    c0, c1 = cubes[0].attributes["color"], cubes[1].attributes["color"]
+    n = len(s.objects)
+    count_all = program_from_str("count(scene())", domain)
+    count_cubes = program_from_str("count(filter(scene(), [cube]))", domain)
+    query_c0 = program_from_str(f"query(color, filter(scene(), [{c0}, cube]))", domain)
+    ambiguous = program_from_str("query(color, filter(scene(), [cube]))", domain)
+    examples = [
+        ParserExample("a", s.image_index, str(n), None),  # greedy right
+        ParserExample("b", s.image_index, "2", None),  # greedy wrong (n != 2), the beam's 2nd candidate right
+        ParserExample("c", s.image_index, c0, None),  # only an ambiguous program, unrewarded: missed
+        ParserExample("d", s.image_index, None, None),  # no answer: not labelled
+    ]
+    assert n != 2
+    greedy = {"a": count_all, "b": count_all, "c": ambiguous}
+    cands = {"a": [count_all], "b": [count_all, count_cubes], "c": [ambiguous, ambiguous]}
+    assert c0 != c1
+    pl = pseudo_label(
+        _ScriptedParser(domain, greedy, cands), examples, OracleScenes(gen_split.scenes, domain)
+    )  # type: ignore[arg-type]
+    assert [(e.question, e.program) for e in pl.examples] == [("a", count_all), ("b", count_cubes)]
+    assert (pl.greedy, pl.beam, pl.missed) == (1, 1, 1)
+    # an unambiguous candidate with the right answer is taken
+    cands["c"] = [query_c0]
+    pl = pseudo_label(
+        _ScriptedParser(domain, greedy, cands), examples, OracleScenes(gen_split.scenes, domain)
+    )  # type: ignore[arg-type]
+    assert pl.examples[-1].question == "c" and pl.examples[-1].program == query_c0

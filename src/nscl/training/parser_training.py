@@ -20,7 +20,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,11 @@ class ParserTrainConfig:
     # mean reward of the question's other samples, so only questions with both right and wrong samples move)
     baseline: str = "loo"
     entropy_weight: float = 0.0
+    # self-training after REINFORCE: label every training question with the most probable program that
+    # earns the reward (greedy, else a beam candidate; pseudo_label) and fit them, with the K annotations,
+    # for this many supervised epochs at self_train_lr
+    self_train_epochs: int = 0
+    self_train_lr: float = 5e-4
     supervised_weight: float = 1.0  # REINFORCE steps also fit a batch of the K annotations
     word_dropout: float = 0.0  # supervised: read ordinary words as <UNK> with this probability
     # "new": a fresh parser; "load": continue from the parser of the --load checkpoint (e.g. more REINFORCE
@@ -682,6 +687,79 @@ def train_reinforce(
     return history
 
 
+# --------------------------------------------------------------------------------------------- self-training
+@dataclass
+class PseudoLabels:
+    """Programs found for unannotated questions from their answers: ``examples`` carry the found program;
+    ``greedy`` of them came from the greedy parse, ``beam`` from a beam candidate; ``missed`` questions had
+    no rewarded candidate."""
+
+    examples: list[ParserExample]
+    greedy: int
+    beam: int
+    missed: int
+
+
+def pseudo_label(
+    parser: Parser,
+    examples: Sequence[ParserExample],
+    scenes: SceneSource,
+    beam_size: int = 8,
+    min_referent_p: float = 0.05,
+    batch_size: int = 256,
+) -> PseudoLabels:
+    """Label each answered question with the parser's most probable program that earns the REINFORCE
+    reward (:func:`rewarded`: the right answer, unambiguous references): the greedy parse, else the first
+    such candidate of a beam of ``beam_size``. Supervised training on these labels (``parser.self_train_epochs``)
+    turns the answers into sharp targets, as maximum marginal likelihood with beam search does."""
+    domain = parser.domain
+    compiler = Compiler(domain)
+    usable = [e for e in examples if e.answer is not None]
+
+    def reward(progs: Sequence[Program | None], exs: Sequence[ParserExample]) -> list[bool]:
+        ok = [False] * len(progs)
+        for s in range(0, len(progs), batch_size):
+            idx = list(range(s, min(s + batch_size, len(progs))))
+            live = [i for i in idx if progs[i] is not None]
+            if not live:
+                continue
+            imgs = sorted({exs[i].image_index for i in live})
+            row_of = {im: r for r, im in enumerate(imgs)}
+            scene = scenes(imgs)
+            with torch.no_grad():
+                out, _ = run_programs(
+                    [progs[i] for i in live],
+                    [row_of[exs[i].image_index] for i in live],
+                    scene,
+                    domain,
+                    True,
+                    compiler,
+                )
+                tgt = answer_targets([exs[i].answer for i in live], domain, scene.mask.device)  # type: ignore[misc]
+                good = rewarded(out, tgt, min_referent_p).cpu().tolist()
+            for i, g in zip(live, good):
+                ok[i] = bool(g)
+        return ok
+
+    # image-grouped order, so each scene batch covers few images
+    order = sorted(range(len(usable)), key=lambda i: usable[i].image_index)
+    usable = [usable[i] for i in order]
+    programs, _ = parser.parse_many([e.question for e in usable], 1, "error", batch_size)
+    ok = reward(programs, usable)
+    labels: dict[int, Program] = {i: p for i, (p, g) in enumerate(zip(programs, ok)) if g and p is not None}
+    n_greedy = len(labels)
+    retry = [i for i in range(len(usable)) if i not in labels]
+    if retry and beam_size > 1:
+        cands = parser.parse_candidates([usable[i].question for i in retry], beam_size, beam_size)
+        flat = [(i, p) for i, c in zip(retry, cands) for p in c]
+        good = reward([p for _, p in flat], [usable[i] for i, _ in flat])
+        for (i, p), g in zip(flat, good):
+            if g and i not in labels:
+                labels[i] = p
+    out = [replace(usable[i], program=p) for i, p in sorted(labels.items())]
+    return PseudoLabels(out, n_greedy, len(labels) - n_greedy, len(usable) - len(labels))
+
+
 # --------------------------------------------------------------------------------------------- joint
 @dataclass
 class JointBatch:
@@ -1096,12 +1174,13 @@ def fit_parser_target(
             if pcfg.annotations > 0:
                 annotated = [annotated[i] for i in stratified_subset(annotated, pcfg.annotations, cfg.seed)]
             do_rl = pcfg.annotations > 0 and pcfg.reinforce_epochs > 0
-            train_scenes = scene_source("train") if do_rl else None
-            if do_rl and train_scenes is None:
+            do_st = pcfg.annotations > 0 and pcfg.self_train_epochs > 0
+            train_scenes = scene_source("train") if do_rl or do_st else None
+            if (do_rl or do_st) and train_scenes is None:
                 raise NSCLError(
-                    "--parser-annotations K trains the parser with REINFORCE on answers, which needs a trained "
-                    "perception: give --load NSCL_CHECKPOINT (or --set parser.perception=oracle, or "
-                    "--set parser.reinforce_epochs=0)"
+                    "--parser-annotations K trains the parser from answers (REINFORCE, self-training), which needs "
+                    "a trained perception: give --load NSCL_CHECKPOINT (or --set parser.perception=oracle, or "
+                    "--set parser.reinforce_epochs=0 --set parser.self_train_epochs=0)"
                 )
             if pcfg.init == "load":
                 if base is None or not base.get("parser"):
@@ -1137,6 +1216,34 @@ def fit_parser_target(
                     write(rec)
 
                 train_reinforce(parser, train_ex, train_scenes, pcfg, annotated, cfg.seed, rl_epoch)  # type: ignore[arg-type]
+            if do_st:
+                t0 = time.time()
+                pl = pseudo_label(
+                    parser,
+                    train_ex,
+                    train_scenes,  # type: ignore[arg-type]
+                    max(pcfg.guided_beam, 1),
+                    pcfg.min_referent_p,
+                )
+                log.info(
+                    "parser self-training: %d programs from greedy parses, %d from the beam, %d questions "
+                    "without a rewarded program (%.0fs)",
+                    pl.greedy,
+                    pl.beam,
+                    pl.missed,
+                    time.time() - t0,
+                )
+                n_rl = records[-1]["epoch"] if records else 0
+
+                def st_epoch(epoch: int, rec: dict[str, Any]) -> None:
+                    rec["stage"] = "self-training"
+                    rec["epoch"] = n_rl + epoch
+                    if dev_ex and (epoch % interval == 0 or epoch == pcfg.self_train_epochs):
+                        rec.update(evaluate_parser(parser, dev_ex, "validation"))
+                    write(rec)
+
+                st_cfg = replace(pcfg, epochs=pcfg.self_train_epochs, min_steps=0, lr=pcfg.self_train_lr)
+                train_supervised(parser, pl.examples + list(annotated), st_cfg, cfg.seed, st_epoch)
             final: dict[str, Any] = {"epoch": (records[-1]["epoch"] if records else 0), "stage": "final"}
             validate(final)
             write(final)
@@ -1222,6 +1329,7 @@ def plot_parser_curves(records: Sequence[Mapping[str, Any]], path: Path) -> None
         "validation/acc/qa_parsed",
         "validation/acc/qa",
         "validationextra/acc/qa_parsed",
+        "validationextra/acc/qa_guided",
     ):
         pts = [(r["epoch"], r[key]) for r in records if key in r]
         if pts:
