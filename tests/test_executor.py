@@ -408,7 +408,7 @@ def test_oracle_perception_answers_every_question(domain, gen_split, quantize):
     assert len(programs) == 500
     scene = oracle_scene_logits(scenes, domain)
     assert not scene.mask.all(), "scenes of different sizes exercise padding"
-    out = Executor(domain)(ProgramBatch.collate(programs, images), scene, quantize)
+    out = Executor(domain)(ProgramBatch.collate(programs, images), scene, quantize, referents=True)
     _, correct, pred = qa_loss(out, Targets(torch.tensor(tk), torch.tensor(tv)))
     # CLEVR's engine only asks unambiguous questions: with perfect perception every reference is one object.
     if quantize:
@@ -453,7 +453,8 @@ def test_log_p_single_matches_enumeration():
 def test_referent_logp_on_hand_scene(domain, hand_batch):
     """Sum over the program's unique() inputs of log P(exactly one object), from the set logits."""
     names, batch = hand_batch
-    out = Executor(domain)(batch, hand_scene(domain), quantize=True)
+    out = Executor(domain)(batch, hand_scene(domain), quantize=True, referents=True)
+    assert Executor(domain)(batch, hand_scene(domain), quantize=True).referent_logp is None  # not asked for
     got = {n: float(v) for n, v in zip(names, out.referent_logp)}
     red, cube, sphere = (CONCEPTS[c] for c in ("red", "cube", "sphere"))
     for img in (0, 1):

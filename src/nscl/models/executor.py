@@ -214,7 +214,7 @@ class Output:
     """Answers of a batch. ``scalar`` (Q,) holds the bool logit or the count; ``query[kind]`` holds
     (question indices, logits (k, C_a)); ``kind`` (Q,) is the answer kind each program produced.
 
-    ``referent_logp`` (Q,), test mode only (None in training mode): the log-probability that every set the program reads as one object (the input
+    ``referent_logp`` (Q,), asked for in test mode only (else None): the log-probability that every set the program reads as one object (the input
     of relate, relate_attribute_equal, query and query_attribute_equal) holds exactly one object, each
     object in a set independently with probability sigmoid(logit). CLEVR's question engine only asks
     questions whose references are unambiguous, so a low value marks a program that is unlikely to be the
@@ -388,7 +388,11 @@ class Executor:
         if missing:
             raise ValueError(f"the executor has no implementation for {sorted(missing)}")
 
-    def __call__(self, batch: ProgramBatch, scene: SceneLogits, quantize: bool = False) -> Output:
+    def __call__(
+        self, batch: ProgramBatch, scene: SceneLogits, quantize: bool = False, referents: bool = False
+    ) -> Output:
+        """Answers of ``batch`` on ``scene``; with ``referents`` (test mode only) also
+        ``Output.referent_logp``, which the parser's checks read and the model's evaluation never needs."""
         Q = batch.num_questions
         device = scene.mask.device
         parts: list[Tensor] = []  # outputs of set groups, in order; their concatenation is the bank
@@ -397,6 +401,7 @@ class Executor:
         scalar_rows: list[Tensor] = []
         scalar_vals: list[Tensor] = []
         query_parts: dict[int, list[tuple[Tensor, Tensor]]] = {}
+        check = referents and quantize
         ref_logp = torch.zeros(Q, device=device)  # (Q,) see Output.referent_logp
         for g in batch.groups:
             if g.level != level:  # inputs of this level are all in earlier levels
@@ -406,7 +411,7 @@ class Executor:
             x = bank[g.x] if bank is not None else None  # (k, N)
             y = bank[g.y] if bank is not None else None
             args = Args(scene, g.images, x, y, g.concepts, g.param, quantize, scene.mask[g.images])
-            if quantize and name in UNIQUE_X:  # a test-mode check: training never pays for it
+            if check and name in UNIQUE_X:
                 with torch.no_grad():
                     lp = log_p_single(x, args.mask)  # type: ignore[arg-type]
                     if name in UNIQUE_Y:
@@ -428,4 +433,4 @@ class Executor:
         query = {
             k: (torch.cat([i for i, _ in v]), torch.cat([l for _, l in v])) for k, v in query_parts.items()
         }
-        return Output(batch.output_kind, scalar, query, ref_logp if quantize else None)
+        return Output(batch.output_kind, scalar, query, ref_logp if check else None)

@@ -429,7 +429,7 @@ def run_programs(
     compiler = compiler or Compiler(domain)
     compiled = [compiler(p if p is not None else _FALLBACK) for p in programs]
     batch = ProgramBatch.collate(compiled, list(rows)).to(scene.mask.device)
-    out = Executor(domain)(batch, scene, quantize)
+    out = Executor(domain)(batch, scene, quantize, referents=quantize)
     valid = torch.tensor([p is not None for p in programs], device=scene.mask.device)
     return out, valid
 
