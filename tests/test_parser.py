@@ -462,6 +462,7 @@ def test_fit_parser_target_parser_then_all(domain: Domain, gen_root: Path, tmp_p
         annotations=20,
         reinforce_epochs=0,
         self_train_epochs=1,
+        self_train_rounds=2,
         perception="oracle",
         model=TINY,
     )
@@ -471,7 +472,7 @@ def test_fit_parser_target_parser_then_all(domain: Domain, gen_root: Path, tmp_p
     stages = [
         json.loads(line)["stage"] for line in (tmp_path / "st" / "metrics.jsonl").read_text().splitlines()
     ]
-    assert stages == ["supervised", "supervised", "self-training", "final"]
+    assert stages == ["supervised", "supervised", "self-training 1", "self-training 2", "final"]
     # Few annotations need a perception for REINFORCE.
     with pytest.raises(NSCLError, match="--load"):
         fit_parser_target(
@@ -524,7 +525,13 @@ def test_fit_parser_target_parser_then_all(domain: Domain, gen_root: Path, tmp_p
     assert state["parser"] and load_parser(res.checkpoint) is not None
     # Continuing a parser (parser.init=load): with no training steps the loaded parser comes back unchanged.
     keep = ParserTrainConfig(
-        init="load", epochs=0, min_steps=0, annotations=20, reinforce_epochs=0, model=TINY
+        init="load",
+        epochs=0,
+        min_steps=0,
+        annotations=20,
+        reinforce_epochs=0,
+        self_train_epochs=0,
+        model=TINY,
     )
     res = fit_parser_target(
         cfg,

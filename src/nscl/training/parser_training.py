@@ -69,10 +69,12 @@ class ParserTrainConfig:
     # mean reward of the question's other samples, so only questions with both right and wrong samples move)
     baseline: str = "loo"
     entropy_weight: float = 0.0
-    # self-training after REINFORCE: label every training question with the most probable program that
-    # earns the reward (greedy, else a beam candidate; pseudo_label) and fit them, with the K annotations,
-    # for this many supervised epochs at self_train_lr
-    self_train_epochs: int = 0
+    # self-training after REINFORCE, self_train_rounds times: label every training question with the most
+    # probable program that earns the reward (greedy, else a beam candidate; pseudo_label) and fit them, with
+    # the K annotations, for self_train_epochs supervised epochs at self_train_lr. A later round relabels with
+    # the sharper parser, so a phrasing whose labels were split between two programs settles on the right one.
+    self_train_epochs: int = 3
+    self_train_rounds: int = 2
     self_train_lr: float = 5e-4
     supervised_weight: float = 1.0  # REINFORCE steps also fit a batch of the K annotations
     word_dropout: float = 0.0  # supervised: read ordinary words as <UNK> with this probability
@@ -98,6 +100,8 @@ class ParserTrainConfig:
             raise ConfigError(f"parser.min_referent_p must be in [0, 1), not {self.min_referent_p}")
         if self.guided_beam < 0:
             raise ConfigError(f"parser.guided_beam must be >= 0, not {self.guided_beam}")
+        if self.self_train_epochs < 0 or self.self_train_rounds < 0:
+            raise ConfigError("parser.self_train_epochs and parser.self_train_rounds must be >= 0")
         if self.init not in ("new", "load"):
             raise ConfigError(f"parser.init must be new or load, not {self.init!r}")
         if self.perception not in PERCEPTIONS:
@@ -1174,7 +1178,7 @@ def fit_parser_target(
             if pcfg.annotations > 0:
                 annotated = [annotated[i] for i in stratified_subset(annotated, pcfg.annotations, cfg.seed)]
             do_rl = pcfg.annotations > 0 and pcfg.reinforce_epochs > 0
-            do_st = pcfg.annotations > 0 and pcfg.self_train_epochs > 0
+            do_st = pcfg.annotations > 0 and pcfg.self_train_epochs > 0 and pcfg.self_train_rounds > 0
             train_scenes = scene_source("train") if do_rl or do_st else None
             if (do_rl or do_st) and train_scenes is None:
                 raise NSCLError(
@@ -1216,7 +1220,7 @@ def fit_parser_target(
                     write(rec)
 
                 train_reinforce(parser, train_ex, train_scenes, pcfg, annotated, cfg.seed, rl_epoch)  # type: ignore[arg-type]
-            if do_st:
+            for rnd in range(1, (pcfg.self_train_rounds if do_st else 0) + 1):
                 t0 = time.time()
                 pl = pseudo_label(
                     parser,
@@ -1226,24 +1230,25 @@ def fit_parser_target(
                     pcfg.min_referent_p,
                 )
                 log.info(
-                    "parser self-training: %d programs from greedy parses, %d from the beam, %d questions "
+                    "parser self-training round %d: %d programs from greedy parses, %d from the beam, %d questions "
                     "without a rewarded program (%.0fs)",
+                    rnd,
                     pl.greedy,
                     pl.beam,
                     pl.missed,
                     time.time() - t0,
                 )
-                n_rl = records[-1]["epoch"] if records else 0
+                first = records[-1]["epoch"] if records else 0
 
-                def st_epoch(epoch: int, rec: dict[str, Any]) -> None:
-                    rec["stage"] = "self-training"
-                    rec["epoch"] = n_rl + epoch
+                def st_epoch(epoch: int, rec: dict[str, Any], first: int = first, rnd: int = rnd) -> None:
+                    rec["stage"] = f"self-training {rnd}"
+                    rec["epoch"] = first + epoch
                     if dev_ex and (epoch % interval == 0 or epoch == pcfg.self_train_epochs):
                         rec.update(evaluate_parser(parser, dev_ex, "validation"))
                     write(rec)
 
                 st_cfg = replace(pcfg, epochs=pcfg.self_train_epochs, min_steps=0, lr=pcfg.self_train_lr)
-                train_supervised(parser, pl.examples + list(annotated), st_cfg, cfg.seed, st_epoch)
+                train_supervised(parser, pl.examples + list(annotated), st_cfg, cfg.seed + rnd, st_epoch)
             final: dict[str, Any] = {"epoch": (records[-1]["epoch"] if records else 0), "stage": "final"}
             validate(final)
             write(final)
