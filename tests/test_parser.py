@@ -590,11 +590,13 @@ def test_guided_parse_replaces_only_ambiguous_parses(domain: Domain, gen_split) 
     one = cubes[0].attributes["color"]
     ambiguous = program_from_str("query(color, filter(scene(), [cube]))", domain)
     unique = program_from_str(f"query(color, filter(scene(), [{one}, cube]))", domain)
+    other_kind = program_from_str("count(filter(scene(), [cube]))", domain)  # unambiguous, but not a query
     greedy = {"a": unique, "b": ambiguous, "c": ambiguous}
-    cands = {"a": [ambiguous], "b": [ambiguous, unique], "c": [ambiguous]}
+    cands = {"a": [ambiguous], "b": [ambiguous, other_kind, unique], "c": [ambiguous, other_kind]}
     scenes = OracleScenes(gen_split.scenes, domain)
     g = guided_parse(_ScriptedParser(domain, greedy, cands), ["a", "b", "c"], [s.image_index] * 3, scenes)  # type: ignore[arg-type]
-    assert g.rank == [0, 2, -1]  # kept; the beam's second candidate; nothing passed, greedy kept
+    # kept; the beam's third candidate (the second asks for a count); nothing passed, greedy kept
+    assert g.rank == [0, 3, -1]
     assert g.programs == [unique, unique, ambiguous]
     off = guided_parse(_ScriptedParser(domain, greedy, cands), ["b"], [s.image_index], scenes, beam_size=1)  # type: ignore[arg-type]
     assert off.programs == [ambiguous] and off.rank == [-1]

@@ -481,6 +481,15 @@ class GuidedParse:
     rank: list[int]
 
 
+def _same_answer(greedy: Program | None, cand: Program) -> bool:
+    """A candidate may replace the greedy parse only if it asks for the same kind of answer (final op and
+    attribute): guidance fixes what a question refers to, never what it asks."""
+    if greedy is None:
+        return True
+    a, b = greedy.nodes[-1], cand.nodes[-1]
+    return a.op == b.op and a.attribute == b.attribute
+
+
 def guided_parse(
     parser: Parser,
     questions: Sequence[str],
@@ -494,7 +503,8 @@ def guided_parse(
     left of the sphere") picks exactly one object, so a parse whose references are ambiguous or empty on the
     question's own image (``Output.referent_logp`` below log ``min_referent_p``) is unlikely to be the
     question's program. The greedy parse is kept when it passes; otherwise the beam's ``beam_size`` best
-    candidates are tried in order. The answer is never consulted."""
+    candidates that ask for the same kind of answer (final op and attribute) are tried in order. The answer
+    is never consulted."""
     domain = parser.domain
     compiler = Compiler(domain)
     bar = math.log(min_referent_p)
@@ -516,7 +526,7 @@ def guided_parse(
             compiler,
         )
         for (i, k, p), v in zip(flat, flat_lp):
-            if v >= bar and rank[i] == -1:
+            if v >= bar and rank[i] == -1 and _same_answer(programs[i], p):
                 rank[i], programs[i], errors[i] = k, p, None
     return GuidedParse(programs, errors, rank)
 
