@@ -43,6 +43,7 @@ from nscl.training.parser_training import (
     build_vocab,
     evaluate_parser,
     examples_from_questions,
+    pseudo_label,
     stratified_subset,
     train_reinforce,
     train_supervised,
@@ -152,6 +153,10 @@ def main() -> None:
         default=0.05,
         help="REINFORCE: no reward below this probability of unambiguous references (0: off)",
     )
+    ap.add_argument("--self-train-rounds", type=int, default=2, help="self-training rounds after REINFORCE")
+    ap.add_argument(
+        "--self-train-epochs", type=int, default=3, help="supervised epochs per self-training round"
+    )
     ap.add_argument("--guided-beam", type=int, default=8, help="execution-guided decoding beam (0: off)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--domain", default=None)
@@ -237,6 +242,20 @@ def main() -> None:
                 secs,
             )
             results["few+reinforce"] = {**m, "seconds": secs}
+            for rnd in range(1, args.self_train_rounds + 1):
+                t = time.time()
+                pl = pseudo_label(parser, train, scenes_train, args.guided_beam or 1, args.min_referent_p)
+                st_cfg = dataclasses.replace(few_cfg, epochs=args.self_train_epochs, min_steps=0, lr=5e-4)
+                train_supervised(parser, pl.examples + picked, st_cfg, args.seed + rnd)
+                secs = time.time() - t
+                m = evaluate_parser(parser, val, "heldout", scenes_val, **guided)
+                report(
+                    f"+ self-training round {rnd}: {pl.greedy} greedy and {pl.beam} beam labels, "
+                    f"{pl.missed} questions unlabelled, {args.self_train_epochs} epochs",
+                    m,
+                    secs,
+                )
+                results[f"few+reinforce+self{rnd}"] = {**m, "seconds": secs}
 
     # 3. held-out phrasings
     if not args.skip_phrasing:
