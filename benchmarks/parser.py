@@ -177,7 +177,7 @@ def main() -> None:
         min_referent_p=args.min_referent_p,
         guided_beam=args.guided_beam,
     )
-    guided = {"guided_beam": args.guided_beam, "min_referent_p": args.min_referent_p or 0.05}
+    guided = {"guided_beam": args.guided_beam, "min_referent_p": args.min_referent_p}
     results: dict[str, dict] = {}
     args.out.mkdir(parents=True, exist_ok=True)
 

@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -438,6 +438,34 @@ def run_programs(
     return out, valid
 
 
+def _run_chunks(
+    programs: Sequence[Program | None],
+    image_indices: Sequence[int],
+    scenes: SceneSource,
+    domain: Domain,
+    batch_size: int,
+    compiler: Compiler,
+) -> Iterator[tuple[list[int], Output, SceneLogits]]:
+    """Test-mode execution of the non-None programs, ``batch_size`` at a time: (their indices, the output
+    with ``referent_logp``, the chunk's scene logits)."""
+    live = [i for i, p in enumerate(programs) if p is not None]
+    for s in range(0, len(live), batch_size):
+        idx = live[s : s + batch_size]
+        imgs = sorted({image_indices[i] for i in idx})
+        row_of = {im: r for r, im in enumerate(imgs)}
+        scene = scenes(imgs)
+        with torch.no_grad():
+            out, _ = run_programs(
+                [programs[i] for i in idx],
+                [row_of[image_indices[i]] for i in idx],
+                scene,
+                domain,
+                True,
+                compiler,
+            )
+        yield idx, out, scene
+
+
 def referent_logps(
     programs: Sequence[Program | None],
     image_indices: Sequence[int],
@@ -448,22 +476,10 @@ def referent_logps(
 ) -> list[float]:
     """``Output.referent_logp`` of each program run in test mode on its image; -inf for None (failed
     parses)."""
-    compiler = compiler or Compiler(domain)
     res = [-math.inf] * len(programs)
-    live = [i for i, p in enumerate(programs) if p is not None]
-    for s in range(0, len(live), batch_size):
-        idx = live[s : s + batch_size]
-        imgs = sorted({image_indices[i] for i in idx})
-        row_of = {im: r for r, im in enumerate(imgs)}
-        with torch.no_grad():
-            out, _ = run_programs(
-                [programs[i] for i in idx],
-                [row_of[image_indices[i]] for i in idx],
-                scenes(imgs),
-                domain,
-                True,
-                compiler,
-            )
+    for idx, out, _ in _run_chunks(
+        programs, image_indices, scenes, domain, batch_size, compiler or Compiler(domain)
+    ):
         for i, v in zip(idx, out.referent_logp.cpu().tolist()):  # type: ignore[union-attr]
             res[i] = float(v)
     return res
@@ -498,17 +514,20 @@ def guided_parse(
     beam_size: int = 8,
     min_referent_p: float = 0.05,
     batch_size: int = 256,
+    greedy: tuple[list[Program | None], list[str | None]] | None = None,
 ) -> GuidedParse:
     """Execution-guided decoding. CLEVR's engine only asks questions whose every reference ("the cube
     left of the sphere") picks exactly one object, so a parse whose references are ambiguous or empty on the
     question's own image (``Output.referent_logp`` below log ``min_referent_p``) is unlikely to be the
     question's program. The greedy parse is kept when it passes; otherwise the beam's ``beam_size`` best
     candidates that ask for the same kind of answer (final op and attribute) are tried in order. The answer
-    is never consulted."""
+    is never consulted. ``min_referent_p`` 0 turns the check off; ``greedy``: the questions' greedy
+    ``parse_many`` result, when the caller has it."""
     domain = parser.domain
     compiler = Compiler(domain)
-    bar = math.log(min_referent_p)
-    programs, errors = parser.parse_many(questions, 1, "error", batch_size)
+    bar = math.log(min_referent_p) if min_referent_p > 0 else -math.inf
+    programs, errors = greedy if greedy is not None else parser.parse_many(questions, 1, "error", batch_size)
+    programs, errors = list(programs), list(errors)
     lp = referent_logps(programs, image_indices, scenes, domain, batch_size, compiler)
     rank = [0] * len(questions)
     retry = [i for i, v in enumerate(lp) if v < bar]  # unknown words get no candidates and stay errors
@@ -732,26 +751,10 @@ def pseudo_label(
 
     def reward(progs: Sequence[Program | None], exs: Sequence[ParserExample]) -> list[bool]:
         ok = [False] * len(progs)
-        for s in range(0, len(progs), batch_size):
-            idx = list(range(s, min(s + batch_size, len(progs))))
-            live = [i for i in idx if progs[i] is not None]
-            if not live:
-                continue
-            imgs = sorted({exs[i].image_index for i in live})
-            row_of = {im: r for r, im in enumerate(imgs)}
-            scene = scenes(imgs)
-            with torch.no_grad():
-                out, _ = run_programs(
-                    [progs[i] for i in live],
-                    [row_of[exs[i].image_index] for i in live],
-                    scene,
-                    domain,
-                    True,
-                    compiler,
-                )
-                tgt = answer_targets([exs[i].answer for i in live], domain, scene.mask.device)  # type: ignore[misc]
-                good = rewarded(out, tgt, min_referent_p).cpu().tolist()
-            for i, g in zip(live, good):
+        images = [e.image_index for e in exs]
+        for idx, out, scene in _run_chunks(progs, images, scenes, domain, batch_size, compiler):
+            tgt = answer_targets([exs[i].answer for i in idx], domain, scene.mask.device)  # type: ignore[misc]
+            for i, g in zip(idx, rewarded(out, tgt, min_referent_p).cpu().tolist()):
                 ok[i] = bool(g)
         return ok
 
@@ -884,6 +887,8 @@ def evaluate_parser(
                 scenes,
                 guided_beam,
                 min_referent_p,
+                batch_size,
+                (programs, errors) if beam_size <= 1 and unknown == "error" else None,
             )
             _, guided = _qa_meters(parser, examples, gp.programs, scenes, batch_size, with_gt=False)
             metrics.update(
@@ -1168,7 +1173,7 @@ def fit_parser_target(
             return None
 
         records: list[dict] = []
-        guided = {"guided_beam": pcfg.guided_beam, "min_referent_p": pcfg.min_referent_p or 0.05}
+        guided = {"guided_beam": pcfg.guided_beam, "min_referent_p": pcfg.min_referent_p}
 
         def validate(rec: dict[str, Any]) -> None:
             if dev_ex:
