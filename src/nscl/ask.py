@@ -304,8 +304,9 @@ def ask(
     """Perceive the image's objects, parse ``question`` and execute the program step by step.
 
     With ``guided_beam`` > 0 the parse is execution-guided (``parser_training.guided_parse``): the greedy
-    parse is replaced by the first of the beam's ``guided_beam`` candidates whose references are unambiguous
-    on this image; ``beam_size`` then goes unused. With 0, the parse is a beam of ``beam_size``."""
+    parse, when its references are ambiguous on this image, is replaced by the first of the beam's
+    ``guided_beam`` candidates that asks for the same kind of answer and whose references are unambiguous;
+    ``beam_size`` then goes unused. With 0, the parse is a beam of ``beam_size``."""
     from .models.parser import ParseError, parser_from_state
     from .training.checkpoint import load_checkpoint
     from .training.parser_training import guided_parse, run_programs

@@ -214,9 +214,10 @@ class Output:
     """Answers of a batch. ``scalar`` (Q,) holds the bool logit or the count; ``query[kind]`` holds
     (question indices, logits (k, C_a)); ``kind`` (Q,) is the answer kind each program produced.
 
-    ``referent_logp`` (Q,), asked for in test mode only (else None): the log-probability that every set the program reads as one object (the input
-    of relate, relate_attribute_equal, query and query_attribute_equal) holds exactly one object, each
-    object in a set independently with probability sigmoid(logit). CLEVR's question engine only asks
+    ``referent_logp`` (Q,), only when asked for in test mode (else None): the log-probability that every
+    set the program reads as one object (the input of relate, relate_attribute_equal, query and
+    query_attribute_equal) holds exactly one object, each object in a set independently with probability
+    sigmoid(logit). CLEVR's question engine only asks
     questions whose references are unambiguous, so a low value marks a program that is unlikely to be the
     question's; the parser's execution-guided decoding reads it, the model's losses never do."""
 

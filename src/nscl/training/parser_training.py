@@ -3,12 +3,15 @@
 * supervised: teacher forcing on translated NS-CL programs (cross-entropy over ops and pointer positions);
 * few annotations: K annotated programs, stratified over question families, then REINFORCE on answers with a
   frozen perception (an NSCL checkpoint, or oracle scene logits as a diagnostic): sampled programs run on the
-  batched executor, reward 1 for a right (quantised) answer minus a moving-average baseline; or the release's
-  variant (reward 10 - QA loss, weights softmax-normalised over each question's sampled candidates);
+  batched executor, reward 1 for a right (quantised) answer whose references are unambiguous, minus a
+  leave-one-out or moving-average baseline; or the release's variant (reward 10 - QA loss, weights
+  softmax-normalised over each question's sampled candidates); then rounds of self-training on the most
+  probable rewarded program of each question (``pseudo_label``);
 * joint fine-tuning (``--training-target all``): one step trains perception and concepts with the QA loss of
   the parser's programs and the parser with REINFORCE;
-* evaluation: program exact match (``Program.canonical``), QA with ground-truth programs (``acc/qa``) and with
-  parsed programs (``acc/qa_parsed``), in the release's metric naming;
+* evaluation: program exact match (``Program.canonical``), QA with ground-truth programs (``acc/qa``), with
+  parsed programs (``acc/qa_parsed``) and with execution-guided parses (``acc/qa_guided``, ``guided_parse``),
+  in the release's metric naming;
 * ``parse_questions_file``: a questions.json whose programs are the parser's.
 """
 
