@@ -509,7 +509,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     print(
         f"ask your own: nscl ask --load {pres.checkpoint} --image {image} --scene-json {val_paths.scenes} "
-        f'--index {scene.image_index} "What color is the large cube?"'
+        f'--index {scene.image_index} "How many large cubes are there?"'
     )
     return 0
 
@@ -571,7 +571,7 @@ def cmd_parse(args: argparse.Namespace) -> int:
 
 
 def _ask_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("question", help='the question, e.g. "What color is the large sphere?"')
+    p.add_argument("question", help='the question, e.g. "Which color is the large sphere?"')
     p.add_argument("--load", required=True, help="NSCL checkpoint with a parser (--training-target parser)")
     p.add_argument("--image", required=True, help="the image file")
     p.add_argument(
