@@ -165,7 +165,7 @@ def test_guided_parse_is_reported(setup: dict, domain: Domain) -> None:
         scene = (
             setup["model"].eval().perceive(images, scaled, torch.ones(1, scaled.shape[1], dtype=torch.bool))
         )
-        out, _ = run_programs([prog], [0], scene, domain, True)
+        out, _ = run_programs([prog], [0], scene, domain, True, referents=True)
     assert float(out.referent_logp[0]) >= math.log(0.05)
 
 

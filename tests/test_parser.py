@@ -607,7 +607,7 @@ def test_reward_needs_unambiguous_references(domain: Domain, gen_split) -> None:
     s, cubes = _two_cube_scene(gen_split)
     ambiguous = program_from_str("query(color, filter(scene(), [cube]))", domain)
     scene = OracleScenes(gen_split.scenes, domain)([s.image_index])
-    out, _ = run_programs([ambiguous, ambiguous], [0, 0], scene, domain, True)
+    out, _ = run_programs([ambiguous, ambiguous], [0, 0], scene, domain, True, referents=True)
     said = out.query[2 + domain.attribute_names.index("color")][1].argmax(-1)
     colors = domain.attribute("color").concepts
     tgt = answer_targets([colors[int(said[0])], colors[int(said[0])]], domain)

@@ -430,13 +430,15 @@ def run_programs(
     domain: Domain,
     quantize: bool,
     compiler: Compiler | None = None,
+    referents: bool = False,
 ) -> tuple[Output, Tensor]:
     """Execute programs (``rows[i]``: the image of program i in ``scene``) on the batched executor; a None
-    program (failed parse) runs as a placeholder and comes back with ``valid`` False."""
+    program (failed parse) runs as a placeholder and comes back with ``valid`` False. ``referents`` (test
+    mode): also ``Output.referent_logp``."""
     compiler = compiler or Compiler(domain)
     compiled = [compiler(p if p is not None else _FALLBACK) for p in programs]
     batch = ProgramBatch.collate(compiled, list(rows)).to(scene.mask.device)
-    out = Executor(domain)(batch, scene, quantize, referents=quantize)
+    out = Executor(domain)(batch, scene, quantize, referents)
     valid = torch.tensor([p is not None for p in programs], device=scene.mask.device)
     return out, valid
 
@@ -465,6 +467,7 @@ def _run_chunks(
                 domain,
                 True,
                 compiler,
+                referents=True,
             )
         yield idx, out, scene
 
@@ -509,6 +512,27 @@ def _same_answer(greedy: Program | None, cand: Program) -> bool:
     return a.op == b.op and a.attribute == b.attribute
 
 
+def _beam_fallback(
+    parser: Parser,
+    questions: Sequence[str],
+    retry: Sequence[int],
+    beam_size: int,
+    passes: Callable[[list[int], list[Program]], list[bool]],
+) -> dict[int, tuple[int, Program]]:
+    """For each question index in ``retry``: (1-based rank, program) of the first of the beam's
+    ``beam_size`` candidates that ``passes(question indices, candidates)`` accepts; absent when none does."""
+    if not retry or beam_size <= 1:
+        return {}
+    cands = parser.parse_candidates([questions[i] for i in retry], beam_size, beam_size)
+    flat = [(i, k, p) for i, c in zip(retry, cands) for k, p in enumerate(c, start=1)]
+    ok = passes([i for i, _, _ in flat], [p for _, _, p in flat])
+    chosen: dict[int, tuple[int, Program]] = {}
+    for (i, k, p), good in zip(flat, ok):
+        if good and i not in chosen:
+            chosen[i] = (k, p)
+    return chosen
+
+
 def guided_parse(
     parser: Parser,
     questions: Sequence[str],
@@ -532,24 +556,17 @@ def guided_parse(
     programs, errors = greedy if greedy is not None else parser.parse_many(questions, 1, "error", batch_size)
     programs, errors = list(programs), list(errors)
     lp = referent_logps(programs, image_indices, scenes, domain, batch_size, compiler)
-    rank = [0] * len(questions)
     retry = [i for i, v in enumerate(lp) if v < bar]  # unknown words get no candidates and stay errors
-    for i in retry:
-        rank[i] = -1
-    if retry and beam_size > 1:
-        cands = parser.parse_candidates([questions[i] for i in retry], beam_size, beam_size)
-        flat = [(i, k, p) for i, c in zip(retry, cands) for k, p in enumerate(c, start=1)]
-        flat_lp = referent_logps(
-            [p for _, _, p in flat],
-            [image_indices[i] for i, _, _ in flat],
-            scenes,
-            domain,
-            batch_size,
-            compiler,
-        )
-        for (i, k, p), v in zip(flat, flat_lp):
-            if v >= bar and rank[i] == -1 and _same_answer(programs[i], p):
-                rank[i], programs[i], errors[i] = k, p, None
+
+    def passes(idx: list[int], cands: list[Program]) -> list[bool]:
+        lps = referent_logps(cands, [image_indices[i] for i in idx], scenes, domain, batch_size, compiler)
+        return [v >= bar and _same_answer(programs[i], p) for i, p, v in zip(idx, cands, lps)]
+
+    chosen = _beam_fallback(parser, questions, retry, beam_size, passes)
+    failed = set(retry)
+    rank = [-1 if i in failed else 0 for i in range(len(questions))]
+    for i, (k, p) in chosen.items():
+        rank[i], programs[i], errors[i] = k, p, None
     return GuidedParse(programs, errors, rank)
 
 
@@ -679,7 +696,9 @@ def train_reinforce(
                 scene.mask.device,
             )
             with torch.no_grad():
-                out, valid = run_programs(dec.programs, rows, scene, domain, True, compiler)
+                out, valid = run_programs(
+                    dec.programs, rows, scene, domain, True, compiler, referents=cfg.min_referent_p > 0
+                )
                 correct = rewarded(out, tgt, cfg.min_referent_p)
                 qa = None
                 if cfg.reward == "release":
@@ -769,13 +788,14 @@ def pseudo_label(
     labels: dict[int, Program] = {i: p for i, (p, g) in enumerate(zip(programs, ok)) if g and p is not None}
     n_greedy = len(labels)
     retry = [i for i in range(len(usable)) if i not in labels]
-    if retry and beam_size > 1:
-        cands = parser.parse_candidates([usable[i].question for i in retry], beam_size, beam_size)
-        flat = [(i, p) for i, c in zip(retry, cands) for p in c]
-        good = reward([p for _, p in flat], [usable[i] for i, _ in flat])
-        for (i, p), g in zip(flat, good):
-            if g and i not in labels:
-                labels[i] = p
+    chosen = _beam_fallback(
+        parser,
+        [e.question for e in usable],
+        retry,
+        beam_size,
+        lambda idx, cands: reward(cands, [usable[i] for i in idx]),
+    )
+    labels.update({i: p for i, (_, p) in chosen.items()})
     out = [replace(usable[i], program=p) for i, p in sorted(labels.items())]
     return PseudoLabels(out, n_greedy, len(labels) - n_greedy, len(usable) - len(labels))
 
