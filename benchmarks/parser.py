@@ -35,19 +35,14 @@ import torch
 from nscl.data import SplitPaths, load_split, read_questions
 from nscl.domain import Domain, load_domain
 from nscl.generate.pipeline import GenerateConfig, generate_dataset
+from nscl.inference.evaluate import evaluate_parser
+from nscl.inference.examples import examples_from_questions
+from nscl.inference.scenes import ModelScenes, OracleScenes
 from nscl.models.parser import Parser, ParserConfig
-from nscl.training.parser_training import (
-    ModelScenes,
-    OracleScenes,
-    ParserTrainConfig,
-    build_vocab,
-    evaluate_parser,
-    examples_from_questions,
-    pseudo_label,
-    stratified_subset,
-    train_reinforce,
-    train_supervised,
-)
+from nscl.run_config import ParserTrainConfig
+from nscl.training.parser_supervised import build_vocab, stratified_subset, train_supervised
+from nscl.training.reinforce import train_reinforce
+from nscl.training.self_training import pseudo_label
 from nscl.vocab import tokenize
 
 
@@ -209,11 +204,11 @@ def main() -> None:
             scenes_train = OracleScenes(load_split(SplitPaths.resolve(train_dir), domain).scenes, domain)
             scenes_val = OracleScenes(load_split(SplitPaths.resolve(val_dir), domain).scenes, domain)
         elif args.perception:
-            from nscl.training.checkpoint import load_checkpoint
-            from nscl.training.data import QADataset
-            from nscl.training.trainer import model_from_checkpoint
+            from nscl.checkpoint import load_checkpoint
+            from nscl.inference.dataset import QADataset
+            from nscl.inference.load import model_from_state
 
-            model, tcfg, _ = model_from_checkpoint(load_checkpoint(args.perception), args.perception)
+            model, tcfg, _ = model_from_state(load_checkpoint(args.perception), args.perception)
             model.eval()
             ds_t = QADataset(load_split(SplitPaths.resolve(train_dir), domain), domain, tcfg.image_height)
             ds_v = QADataset(load_split(SplitPaths.resolve(val_dir), domain), domain, tcfg.image_height)

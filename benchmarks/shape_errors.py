@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from nscl.checkpoint import load_checkpoint
 from nscl.data import SplitPaths, load_split
-from nscl.training.checkpoint import load_checkpoint
-from nscl.training.data import QADataset
-from nscl.training.trainer import model_from_checkpoint
+from nscl.inference.dataset import QADataset
+from nscl.inference.load import model_from_state
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--attribute", default="shape")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    model, cfg, domain = model_from_checkpoint(load_checkpoint(args.load), args.load)
+    model, cfg, domain = model_from_state(load_checkpoint(args.load), args.load)
     model.eval()
     split = load_split(SplitPaths.resolve(Path(args.data_dir)), domain)
     ds = QADataset(split, domain, cfg.image_height)

@@ -22,8 +22,10 @@ import torch
 
 from nscl.data import SplitPaths, load_split
 from nscl.domain import builtin_domain
-from nscl.training.data import QADataset
-from nscl.training.trainer import TrainConfig, build_optimizer, evaluate, train_one_epoch
+from nscl.inference.dataset import QADataset
+from nscl.inference.evaluate import evaluate
+from nscl.run_config import TrainConfig
+from nscl.training.trainer import build_optimizer, train_one_epoch
 
 RELEASE_TRAIN_QPS = 4.0
 RELEASE_EVAL_QPS = 12.0

@@ -195,7 +195,7 @@ def gen_split(gen_root: Path, domain: Domain):
 @pytest.fixture(scope="session")
 def gen_dataset(gen_split, domain: Domain):
     """The generated train split compiled at its own resolution (QADataset, 64x48)."""
-    from nscl.training.data import QADataset
+    from nscl.inference.dataset import QADataset
 
     return QADataset(gen_split, domain, GEN_HEIGHT)
 

@@ -10,15 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from nscl.ask import AskResult, ask, prepare_image, read_boxes
+from nscl.checkpoint import save_checkpoint
 from nscl.domain import Domain
 from nscl.errors import NSCLError
+from nscl.inference.ask import AskResult, ask, prepare_image, read_boxes
+from nscl.inference.execute import run_programs
 from nscl.models.nscl import NSCL, ModelConfig
-from nscl.models.parser import ParserConfig, parser_state, program_from_str
+from nscl.models.parser import ParserConfig, parser_state
 from nscl.models.perception import PerceptionConfig
-from nscl.training.checkpoint import save_checkpoint
-from nscl.training.parser_training import ParserTrainConfig, run_programs, train_parser_on_pairs
-from nscl.training.trainer import TrainConfig, checkpoint_state
+from nscl.program import program_from_str
+from nscl.run_config import ParserTrainConfig, TrainConfig
+from nscl.training.parser_supervised import train_parser_on_pairs
+from nscl.training.trainer import checkpoint_state
 
 HEIGHT = 48  # the generated fixture's image height (conftest.GEN_HEIGHT): no resizing
 PAIRS = [

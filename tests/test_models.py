@@ -89,7 +89,10 @@ def test_perception_and_scene_logit_shapes(domain, backbone, H, W):
 
 
 def test_unknown_backbone_is_rejected(domain):
-    with pytest.raises(ValueError, match="backbone"):
+    from nscl.config import ConfigError
+
+    # rejected when the config is built, before any model exists
+    with pytest.raises(ConfigError, match="model.perception.backbone.*'vgg' is not one of 'small', 'resnet34'"):
         Perception(PerceptionConfig(backbone="vgg"))
 
 

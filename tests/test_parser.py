@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,43 +12,26 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nscl.checkpoint import save_checkpoint
 from nscl.data import read_questions
 from nscl.domain import Domain
 from nscl.errors import NSCLError
+from nscl.inference.evaluate import evaluate_parser
+from nscl.inference.examples import ParserExample, examples_from_questions
+from nscl.inference.execute import answer_targets, run_programs
+from nscl.inference.guided import guided_parse
+from nscl.inference.load import load_parser
+from nscl.inference.questions_file import nscl_to_clevr, parse_questions_file
+from nscl.inference.scenes import OracleScenes
 from nscl.models.executor import Compiler
-from nscl.models.parser import (
-    Lexicon,
-    ParseError,
-    Parser,
-    ParserConfig,
-    parser_from_state,
-    parser_state,
-    program_from_str,
-)
-from nscl.program import Program, translate
-from nscl.training.checkpoint import save_checkpoint
-from nscl.training.parser_training import (
-    MovingAverage,
-    OracleScenes,
-    ParserExample,
-    ParserTrainConfig,
-    answer_targets,
-    evaluate_parser,
-    examples_from_questions,
-    guided_parse,
-    joint_step,
-    load_parser,
-    make_joint_batch,
-    nscl_to_clevr,
-    parse_questions_file,
-    policy_loss,
-    pseudo_label,
-    rewarded,
-    run_programs,
-    stratified_subset,
-    train_parser_on_pairs,
-    train_reinforce,
-)
+from nscl.models.grammar import Lexicon, ParseError
+from nscl.models.parser import Parser, ParserConfig, parser_from_state, parser_state
+from nscl.program import Program, program_from_str, translate
+from nscl.run_config import ParserTrainConfig
+from nscl.training.joint import joint_step, make_joint_batch
+from nscl.training.parser_supervised import stratified_subset, train_parser_on_pairs
+from nscl.training.reinforce import MovingAverage, policy_loss, rewarded, train_reinforce
+from nscl.training.self_training import pseudo_label
 from nscl.vocab import Vocab, tokenize
 
 TINY = ParserConfig(embedding_dim=16, hidden_dim=32, dropout=0.0, max_length=40)
@@ -434,12 +418,13 @@ def test_joint_step_updates_perception_and_parser(domain: Domain, gen_split, gen
 
 
 # --------------------------------------------------------------------------------------------- nscl train
-def test_fit_parser_target_parser_then_all(domain: Domain, gen_root: Path, tmp_path: Path) -> None:
+def test_fit_parser_parser_then_all(domain: Domain, gen_root: Path, tmp_path: Path) -> None:
     from nscl.data import SplitPaths
     from nscl.models.nscl import NSCL, ModelConfig
     from nscl.models.perception import PerceptionConfig
-    from nscl.training.parser_training import fit_parser_target
-    from nscl.training.trainer import TrainConfig, checkpoint_state
+    from nscl.run_config import TrainConfig
+    from nscl.training.fit_parser import fit_joint, fit_parser
+    from nscl.training.trainer import checkpoint_state
 
     train, val = SplitPaths.resolve(gen_root / "train"), SplitPaths.resolve(gen_root / "val")
     mcfg = ModelConfig(perception=PerceptionConfig(width=8, feature_dim=32, pair_dim=16))
@@ -447,8 +432,8 @@ def test_fit_parser_target_parser_then_all(domain: Domain, gen_root: Path, tmp_p
         training_target="parser", data_split=0.8, validation_interval=1, epochs=1, image_height=48, model=mcfg
     )
     pcfg = ParserTrainConfig(epochs=2, min_steps=0, annotations=0, model=TINY)
-    res = fit_parser_target(
-        cfg, domain, train, tmp_path / "p", torch.device("cpu"), val, progress=False, parser_cfg=pcfg
+    res = fit_parser(
+        replace(cfg, parser=pcfg), domain, train, tmp_path / "p", torch.device("cpu"), val, progress=False
     )
     assert 0 <= res.metrics["validation/acc/program_exact"] <= 1
     assert "validationextra/acc/program_exact" in res.metrics
@@ -466,8 +451,8 @@ def test_fit_parser_target_parser_then_all(domain: Domain, gen_root: Path, tmp_p
         perception="oracle",
         model=TINY,
     )
-    fit_parser_target(
-        cfg, domain, train, tmp_path / "st", torch.device("cpu"), val, progress=False, parser_cfg=st
+    fit_parser(
+        replace(cfg, parser=st), domain, train, tmp_path / "st", torch.device("cpu"), val, progress=False
     )
     stages = [
         json.loads(line)["stage"] for line in (tmp_path / "st" / "metrics.jsonl").read_text().splitlines()
@@ -475,14 +460,13 @@ def test_fit_parser_target_parser_then_all(domain: Domain, gen_root: Path, tmp_p
     assert stages == ["supervised", "supervised", "self-training 1", "self-training 2", "final"]
     # Few annotations need a perception for REINFORCE.
     with pytest.raises(NSCLError, match="--load"):
-        fit_parser_target(
-            cfg,
+        fit_parser(
+            replace(cfg, parser=ParserTrainConfig(epochs=1, min_steps=0, annotations=20, model=TINY)),
             domain,
             train,
             tmp_path / "q",
             torch.device("cpu"),
             progress=False,
-            parser_cfg=ParserTrainConfig(epochs=1, min_steps=0, annotations=20, model=TINY),
         )
     # Joint fine-tuning from a checkpoint holding a (here untrained) NSCL model and the parser.
     torch.manual_seed(0)
@@ -501,8 +485,8 @@ def test_fit_parser_target_parser_then_all(domain: Domain, gen_root: Path, tmp_p
         image_height=48,
         model=mcfg,
     )
-    res = fit_parser_target(
-        cfg_all,
+    res = fit_joint(
+        replace(cfg_all, parser=ParserTrainConfig(samples=1)),
         domain,
         train,
         tmp_path / "all",
@@ -510,15 +494,14 @@ def test_fit_parser_target_parser_then_all(domain: Domain, gen_root: Path, tmp_p
         None,
         str(init),
         progress=False,
-        parser_cfg=ParserTrainConfig(samples=1),
     )
     for key in ("validation/acc/qa", "validation/acc/qa_parsed", "validation/acc/program_exact"):
         assert 0 <= res.metrics[key] <= 1
-    from nscl.training.checkpoint import load_checkpoint
-    from nscl.training.trainer import model_from_checkpoint
+    from nscl.checkpoint import load_checkpoint
+    from nscl.inference.load import model_from_state
 
     state = load_checkpoint(res.checkpoint)
-    tuned, _, _ = model_from_checkpoint(state)
+    tuned, _, _ = model_from_state(state)
     assert any(
         not torch.equal(a, b) for a, b in zip(model.state_dict().values(), tuned.state_dict().values())
     )
@@ -533,8 +516,8 @@ def test_fit_parser_target_parser_then_all(domain: Domain, gen_root: Path, tmp_p
         self_train_epochs=0,
         model=TINY,
     )
-    res = fit_parser_target(
-        cfg,
+    res = fit_parser(
+        replace(cfg, parser=keep),
         domain,
         train,
         tmp_path / "cont",
@@ -542,15 +525,14 @@ def test_fit_parser_target_parser_then_all(domain: Domain, gen_root: Path, tmp_p
         None,
         str(init),
         progress=False,
-        parser_cfg=keep,
     )
     again = load_parser(res.checkpoint)
     assert all(torch.equal(a, b) for a, b in zip(parser.state_dict().values(), again.state_dict().values()))
     bare = tmp_path / "bare.pth"
     save_checkpoint(bare, checkpoint_state(model, cfg, domain, None, None, 0, {}, None))
     with pytest.raises(NSCLError, match="parser.init=load"):
-        fit_parser_target(
-            cfg,
+        fit_parser(
+            replace(cfg, parser=keep),
             domain,
             train,
             tmp_path / "bad",
@@ -558,7 +540,6 @@ def test_fit_parser_target_parser_then_all(domain: Domain, gen_root: Path, tmp_p
             None,
             str(bare),
             progress=False,
-            parser_cfg=keep,
         )
 
 

@@ -14,17 +14,19 @@ import numpy as np
 import pytest
 import torch
 
+from nscl.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from nscl.cli import main
 from nscl.config import ConfigError, from_dict, override
 from nscl.data import SplitPaths, load_split
 from nscl.errors import DataError
+from nscl.inference.dataset import QADataset
+from nscl.inference.load import model_from_state
 from nscl.models.concepts import ConceptConfig
 from nscl.models.nscl import ModelConfig
 from nscl.models.perception import PerceptionConfig
-from nscl.training.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from nscl.run_config import TrainConfig
 from nscl.training.curriculum import MAX_TRAIN_LENGTH, RELEASE_TABLE, stage_at
-from nscl.training.data import QADataset
-from nscl.training.trainer import TrainConfig, fit, model_from_checkpoint
+from nscl.training.trainer import fit_nscl
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,12 +85,12 @@ def state_of(model) -> dict:
 # --------------------------------------------------------------------------------------------- fit, resume
 @pytest.fixture(scope="module")
 def straight_run(gen_root, domain, tmp_path_factory):
-    """fit() for 3 epochs straight, saving every epoch. Three, so that the lr step (after 60% of the epochs, i.e.
+    """fit_nscl() for 3 epochs straight, saving every epoch. Three, so that the lr step (after 60% of the epochs, i.e.
     after epoch 2) falls inside the part a resume from epoch 1 retrains."""
-    threads = torch.get_num_threads()  # fit() sets cfg.threads = 1 process-wide
+    threads = torch.get_num_threads()  # fit_nscl() sets cfg.threads = 1 process-wide
     run = tmp_path_factory.mktemp("run_a")
     try:
-        res = fit(
+        res = fit_nscl(
             small_cfg(),
             domain,
             SplitPaths.resolve(gen_root / "train"),
@@ -121,7 +123,7 @@ def test_fit_writes_run_files(straight_run):
 
 def test_resume_is_bit_exact(straight_run, gen_root, domain, tmp_path):
     """Epoch 1 + resume for epochs 2-3 gives exactly the parameters of 3 epochs straight."""
-    res = fit(
+    res = fit_nscl(
         small_cfg(),
         domain,
         SplitPaths.resolve(gen_root / "train"),
@@ -143,7 +145,7 @@ def test_resume_is_bit_exact(straight_run, gen_root, domain, tmp_path):
 
 def test_resume_with_other_config_is_refused(straight_run, gen_root, domain, tmp_path):
     with pytest.raises(CheckpointError, match="config differs"):
-        fit(
+        fit_nscl(
             small_cfg(lr=0.5),
             domain,
             SplitPaths.resolve(gen_root / "train"),
@@ -162,7 +164,7 @@ def test_checkpoint_round_trip(straight_run, gen_dataset):
     assert raw["epoch"] == 3
     assert {"model", "optimizer", "scheduler", "config", "domain", "torch_rng", "metrics"} <= set(raw)
     state = load_checkpoint(path)
-    model, cfg, dom = model_from_checkpoint(state, str(path))
+    model, cfg, dom = model_from_state(state, str(path))
     assert cfg == small_cfg()
     assert dom == straight_run.model.domain
     ref = straight_run.model.eval()
@@ -183,7 +185,7 @@ def test_checkpoint_round_trip(straight_run, gen_dataset):
 def test_resume_in_place_keeps_one_record_per_epoch(straight_run, gen_root, domain, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(straight_run.run.root, run)
-    fit(
+    fit_nscl(
         small_cfg(),
         domain,
         SplitPaths.resolve(gen_root / "train"),
@@ -230,7 +232,7 @@ def test_weights_not_matching_config(straight_run, tmp_path):
     p = tmp_path / "mismatch.pth"
     save_checkpoint(p, state)
     with pytest.raises(CheckpointError, match="mismatch.pth: weights do not match"):
-        model_from_checkpoint(load_checkpoint(p), str(p))
+        model_from_state(load_checkpoint(p), str(p))
 
 
 @blocked_by_config
@@ -308,7 +310,7 @@ def test_train_log_ignores_console_verbosity(gen_root, domain, tmp_path):
     root.setLevel(logging.WARNING)  # what `nscl -q` (logging.basicConfig(level=WARNING)) sets
     nscl_log.setLevel(logging.NOTSET)
     try:
-        res = fit(
+        res = fit_nscl(
             small_cfg(epochs=1, data_trim=30, validation_interval=5),
             domain,
             SplitPaths.resolve(gen_root / "train"),
@@ -413,7 +415,7 @@ def test_batches_group_questions_by_image(gen_dataset):
 
 
 def test_split_train_dev_by_image(gen_dataset):
-    from nscl.training.trainer import split_train_dev
+    from nscl.inference.dataset import split_train_dev
 
     ds = gen_dataset
     train, dev = split_train_dev(ds, 0.8, seed=0)

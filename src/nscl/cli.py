@@ -197,7 +197,11 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-height", type=int, default=None, help="resize images to this height [128]")
     p.add_argument("--backbone", choices=["small", "resnet34"], default=None)
     p.add_argument("--pretrained", default=None, help="local ResNet-34 ImageNet state dict file")
-    p.add_argument("--config", default=None, help="JSON file of TrainConfig values (flags override it)")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="TrainConfig JSON file, or a shipped config by name: demo, long (flags override it)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -230,11 +234,10 @@ def _parse_value(text: str):  # noqa: ANN202
 
 
 def train_config_from_args(args: argparse.Namespace):  # noqa: ANN201
-    from .config import from_dict, override
-    from .io import read_json
-    from .training.trainer import TrainConfig
+    from .config import override
+    from .run_config import TrainConfig, load_config
 
-    cfg = from_dict(TrainConfig, read_json(args.config)) if args.config else TrainConfig()
+    cfg = load_config(args.config) if args.config else TrainConfig()
     updates: dict = {}
     for flag, key in (
         ("curriculum", "curriculum"),
@@ -263,12 +266,28 @@ def train_config_from_args(args: argparse.Namespace):  # noqa: ANN201
     return override(cfg, updates)
 
 
+def run_fit(
+    cfg, domain, paths, run_dir, device, extra=None, resume=None, progress=True, use_tb=False, init=None
+):  # noqa: ANN001, ANN201
+    """The fit of ``cfg.training_target``: ``fit_nscl`` (derender), ``fit_parser`` or ``fit_joint``."""
+    if cfg.training_target == "derender":
+        from .training.trainer import fit_nscl
+
+        return fit_nscl(cfg, domain, paths, run_dir, device, extra, resume, progress, use_tb)
+    if resume:
+        raise NSCLError("--resume is not supported with --training-target parser|all")
+    from .training.fit_parser import fit_joint, fit_parser
+
+    fit = fit_parser if cfg.training_target == "parser" else fit_joint
+    return fit(cfg, domain, paths, run_dir, device, extra, init, progress)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
+    from .device import resolve_device
     from .domain import load_domain
     from .metrics import format_table
-    from .training.trainer import evaluate_checkpoint, fit, resolve_device
 
     device = resolve_device(args.device)
     if args.threads:
@@ -278,6 +297,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         split_paths(args, "extra-data") if (args.extra_data_dir or args.extra_data_questions_json) else None
     )
     if args.evaluate:
+        from .inference.evaluate import evaluate_checkpoint
+
         if not args.load:
             raise NSCLError("--evaluate needs --load CKPT")
         metrics = evaluate_checkpoint(
@@ -290,7 +311,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = train_config_from_args(args)
     domain = load_domain(args.domain)
     run_dir = args.run_dir or f"runs/{cfg.training_target}-{paths.scenes.parent.name or 'data'}"
-    res = fit(
+    res = run_fit(
         cfg,
         domain,
         paths,
@@ -370,7 +391,7 @@ def _demo_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--run-dir", default="runs/demo", help="where logs, curves and checkpoints go")
     p.add_argument(
-        "--config", default=None, help="TrainConfig JSON (default: configs/demo.json in this repo)"
+        "--config", default="demo", help="TrainConfig JSON file, or a shipped config by name (default: demo)"
     )
     p.add_argument("--train-images", type=int, default=3000)
     p.add_argument("--val-images", type=int, default=500)
@@ -386,13 +407,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from .config import from_dict
     from .data import SplitPaths
+    from .device import resolve_device
     from .domain import builtin_domain
     from .generate.pipeline import GenerateConfig, generate_dataset
-    from .io import read_json
+    from .inference.evaluate import evaluate_checkpoint
     from .metrics import format_table
-    from .training.trainer import TrainConfig, evaluate_checkpoint, fit, resolve_device
+    from .run_config import load_config
+    from .training.fit_parser import fit_parser
+    from .training.trainer import fit_nscl
 
     t0 = time.time()
     domain = builtin_domain()
@@ -417,20 +440,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     t_gen = time.time() - t0
-    cfg_path = (
-        Path(args.config) if args.config else Path(__file__).resolve().parents[2] / "configs" / "demo.json"
-    )
-    cfg = from_dict(TrainConfig, read_json(cfg_path)) if cfg_path.exists() else TrainConfig(epochs=10)
+    cfg = load_config(args.config)
     device = resolve_device(args.device)
     train_paths = SplitPaths.resolve(root / "train-set" / "train")
     val_paths = SplitPaths.resolve(root / "val-set" / "val")
     log.info(
         "[2/5] training (%s, %d epochs) on %s",
-        cfg_path.name if cfg_path.exists() else "defaults",
+        args.config,
         cfg.epochs,
         device,
     )
-    res = fit(cfg, domain, train_paths, args.run_dir, device, progress=not args.no_progress)
+    res = fit_nscl(cfg, domain, train_paths, args.run_dir, device, progress=not args.no_progress)
     log.info("[3/5] evaluating on the held-out val split")
     metrics = evaluate_checkpoint(res.checkpoint, val_paths, None, device, progress=False, data_split=0.0)
     print()
@@ -443,20 +463,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # Parser: supervised on the training programs, starting from the trained model; then ask in English.
     import dataclasses
 
-    from .ask import ask
     from .data import read_questions, read_scenes
+    from .inference.ask import ask
 
     log.info("[4/5] training the semantic parser (%d epochs) on the training questions", cfg.parser.epochs)
     pcfg = dataclasses.replace(cfg, training_target="parser")
-    pres = fit(
+    pres = fit_parser(
         pcfg,
         domain,
         train_paths,
         Path(args.run_dir) / "parser",
         device,
         val_paths,
-        progress=not args.no_progress,
         init=str(res.checkpoint),
+        progress=not args.no_progress,
     )
     print()
     print(
@@ -542,7 +562,8 @@ def _parse_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_parse(args: argparse.Namespace) -> int:
-    from .training.parser_training import load_parser, parse_questions_file
+    from .inference.load import load_parser
+    from .inference.questions_file import parse_questions_file
 
     if not args.questions and not args.questions_json:
         raise NSCLError("give questions to parse, or --questions-json FILE --output FILE")
@@ -596,8 +617,8 @@ def _ask_flags(p: argparse.ArgumentParser) -> None:
 def cmd_ask(args: argparse.Namespace) -> int:
     import json
 
-    from .ask import ask
-    from .training.trainer import resolve_device
+    from .device import resolve_device
+    from .inference.ask import ask
 
     res = ask(
         args.load,

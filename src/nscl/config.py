@@ -21,6 +21,13 @@ def _check(name: str, tp: Any, value: Any) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, name)
+    if origin is typing.Literal:
+        options = typing.get_args(tp)
+        if value not in options or isinstance(value, bool) != any(isinstance(o, bool) for o in options):
+            raise ConfigError(
+                f"config key {name!r}: {value!r} is not one of {', '.join(repr(o) for o in options)}"
+            )
+        return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -52,6 +59,19 @@ def _check(name: str, tp: Any, value: Any) -> Any:
     if tp is Any:
         return value
     raise ConfigError(f"config key {name!r}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def check_options(obj: Any, prefix: str = "") -> None:
+    """Raise ConfigError when a ``Literal[...]`` field of dataclass ``obj`` holds a value outside its options
+    (for configs built directly in Python; :func:`from_dict` checks every field)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        tp = hints[f.name]
+        args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+        value = getattr(obj, f.name)
+        for a in args:
+            if typing.get_origin(a) is typing.Literal and value is not None:
+                _check(f"{prefix}{f.name}", a, value)
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:

@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .models.executor import Output
+from .models.executor import AnswerKind, Output
 
 MISMATCH_LOSS = 10.0
 
 
 @dataclass
 class Targets:
-    kind: Tensor  # (Q,) answer kind (0 Bool, 1 Integer, 2 + a attribute a)
+    kind: Tensor  # (Q,) AnswerKind: BOOL, INTEGER, or ATTRIBUTE + a for attribute a
     value: Tensor  # (Q,) 1/0, the count, or the concept index within the attribute
 
 
@@ -31,7 +31,7 @@ def qa_loss(out: Output, tgt: Targets) -> tuple[Tensor, Tensor, Tensor]:
     loss = torch.full((Q,), MISMATCH_LOSS, device=device)
     pred = torch.full((Q,), -1, dtype=torch.long, device=device)
     ok = out.kind == tgt.kind
-    b = ok & (tgt.kind == 0)
+    b = ok & (tgt.kind == AnswerKind.BOOL)
     if b.any():
         logit = out.scalar[b]
         loss = loss.index_put(
@@ -39,7 +39,7 @@ def qa_loss(out: Output, tgt: Targets) -> tuple[Tensor, Tensor, Tensor]:
             F.binary_cross_entropy_with_logits(logit, tgt.value[b].to(logit.dtype), reduction="none"),
         )
         pred[b] = (logit > 0).long()
-    c = ok & (tgt.kind == 1)
+    c = ok & (tgt.kind == AnswerKind.INTEGER)
     if c.any():
         n = out.scalar[c]
         loss = loss.index_put((c.nonzero(as_tuple=True)[0],), (n - tgt.value[c].to(n.dtype)).abs())

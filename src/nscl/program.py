@@ -11,6 +11,7 @@ into ``query_attribute_equal`` and ``count_equal``/``count_less``/``count_greate
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -273,6 +274,73 @@ class Program:
 
         visit(len(prog.nodes) - 1)
         return cls(tuple(out))
+
+
+# --------------------------------------------------------------------------------------------- readable form
+_STR_TOKEN = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*|[()\[\],])")
+
+
+def program_from_str(text: str, domain: Domain) -> Program:
+    """Read the readable form of :meth:`Program.to_str`, e.g.
+    ``query(color, filter(relate(filter(scene(), [red]), left), [cube]))``; raises ProgramError."""
+    tokens: list[str] = []
+    pos = 0
+    while pos < len(text.rstrip()):
+        m = _STR_TOKEN.match(text, pos)
+        if m is None:
+            raise ProgramError(f"{text!r}: unexpected character at {pos}")
+        tokens.append(m.group(1))
+        pos = m.end()
+    nodes: list[Node] = []
+    i = 0
+
+    def expect(tok: str) -> None:
+        nonlocal i
+        if i >= len(tokens) or tokens[i] != tok:
+            raise ProgramError(f"{text!r}: expected {tok!r} at token {i}")
+        i += 1
+
+    def call() -> int:
+        nonlocal i
+        op = tokens[i]
+        if op not in domain.nscl_ops:
+            raise ProgramError(f"{text!r}: unknown operation {op!r}")
+        i += 1
+        expect("(")
+        inputs: list[int] = []
+        concepts: list[str] = []
+        attribute = None
+        while tokens[i] != ")":
+            if tokens[i] == "[":
+                i += 1
+                while tokens[i] != "]":
+                    if tokens[i] != ",":
+                        concepts.append(tokens[i])
+                    i += 1
+                i += 1
+            elif i + 1 < len(tokens) and tokens[i + 1] == "(":
+                inputs.append(call())
+            elif tokens[i] in domain.attribute_names:
+                attribute = tokens[i]
+                i += 1
+            else:
+                concepts.append(tokens[i])
+                i += 1
+            if tokens[i] == ",":
+                i += 1
+        expect(")")
+        nodes.append(Node(op, tuple(inputs), tuple(concepts), attribute))
+        return len(nodes) - 1
+
+    try:
+        call()
+    except IndexError:
+        raise ProgramError(f"{text!r}: unexpected end") from None
+    if i != len(tokens):
+        raise ProgramError(f"{text!r}: trailing text after the program")
+    prog = Program.from_tree(Program(tuple(nodes)))
+    prog.validate(domain, text)
+    return prog
 
 
 # --------------------------------------------------------------------------------------------- translation

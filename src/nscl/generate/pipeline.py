@@ -24,6 +24,7 @@ from .. import __version__
 from ..domain import Domain
 from ..errors import NSCLError
 from ..io import atomic_write, atomic_write_json, read_json
+from ..progress import progress_bar
 from ..symbolic import SceneFacts
 from ..vocab import Vocab
 from .scene import SceneConfig, sample_scene
@@ -226,8 +227,6 @@ def _complete(cfg: GenerateConfig) -> dict[str, dict[str, int]] | None:
 
 def generate_dataset(cfg: GenerateConfig, domain: Domain, progress: bool = True) -> dict[str, dict[str, int]]:
     """Generate every requested split; returns per-split counts of images and questions."""
-    from tqdm import tqdm
-
     if not cfg.splits():
         raise NSCLError("nothing to generate: give --train-images, --val-images or --test-images")
     out = Path(cfg.out)
@@ -253,7 +252,7 @@ def generate_dataset(cfg: GenerateConfig, domain: Domain, progress: bool = True)
                 tmp.unlink(missing_ok=True)
     workers = cfg.workers or os.cpu_count() or 1
     total = sum(j.stop - j.start for j in todo)
-    with tqdm(total=total, unit="img", desc="generate", disable=not progress or total == 0) as bar:
+    with progress_bar(None, progress and total > 0, total=total, unit="img", desc="generate") as bar:
 
         def done(job: ChunkJob, res: dict) -> None:
             res["fingerprint"] = cfg.fingerprint()

@@ -1,5 +1,10 @@
 """Batched quasi-symbolic executor (NSCL-REFERENCE section 4).
 
+This is the authoritative executor of the model: training, evaluation, the parser's rewards and ``nscl ask``'s
+answers all run here. The others are for checking it: ``models/reference_executor.py`` (a naive per-question
+executor, the reference of tests and benchmarks), ``inference/trace.py`` (``ask``'s node-by-node trace, built from
+this module's primitives) and ``symbolic.py`` (exact execution on scene annotations, which verifies datasets).
+
 Dimension key: Q questions, B images, N objects (padded), L program steps, K concepts per filter, C concepts,
 C_a concepts of attribute a, A attributes, R relation concepts.
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum
 
 import torch
 import torch.nn.functional as F
@@ -43,29 +49,48 @@ class CompiledProgram:
     levels: tuple[int, ...]  # 0 for scene(), else 1 + the largest level of the node's inputs
 
 
+class AnswerKind(IntEnum):
+    """What a program answers: a yes/no, a count, or a concept of an attribute. The kind of attribute ``a``
+    (``domain.attribute_names[a]``) is ``ATTRIBUTE + a``, so kinds are plain integers in tensors."""
+
+    BOOL = 0
+    INTEGER = 1
+    ATTRIBUTE = 2
+    NONE = -1  # an object set, not an answer
+
+
 class AnswerKinds:
-    """Answer kinds as integers: 0 Bool, 1 Integer, 2 + a for attribute a."""
+    """Answer kinds of one domain: :class:`AnswerKind` ``BOOL``, ``INTEGER``, then ``ATTRIBUTE + a`` for
+    attribute a."""
 
     def __init__(self, domain: Domain) -> None:
         self.names = (BOOL, INTEGER) + tuple(a.name for a in domain.attributes)
         self.attributes = domain.attribute_names
 
+    def of_attribute(self, name: str) -> int:
+        return AnswerKind.ATTRIBUTE + self.attributes.index(name)
+
+    def attribute_of(self, kind: int) -> str:
+        """The attribute a kind >= ``AnswerKind.ATTRIBUTE`` asks for."""
+        return self.attributes[kind - AnswerKind.ATTRIBUTE]
+
     def of_answer(self, domain: Domain, answer: str) -> tuple[int, int]:
-        """(kind, value) of a normalised answer: yes -> (0, 1), "3" -> (1, 3), "red" -> (2 + color, index)."""
+        """(kind, value) of a normalised answer: yes -> (BOOL, 1), "3" -> (INTEGER, 3), "red" -> (ATTRIBUTE +
+        color, index of red)."""
         t = domain.answer_type(answer)
         if t == BOOL:
-            return 0, int(answer == "yes")
+            return AnswerKind.BOOL, int(answer == "yes")
         if t == INTEGER:
-            return 1, int(answer)
+            return AnswerKind.INTEGER, int(answer)
         attr = domain.attribute_of_concept(answer)
-        return 2 + self.attributes.index(attr.name), attr.concepts.index(answer)
+        return self.of_attribute(attr.name), attr.concepts.index(answer)
 
     def decode(self, domain: Domain, kind: int, value: int) -> str:
-        if kind == 0:
+        if kind == AnswerKind.BOOL:
             return "yes" if value else "no"
-        if kind == 1:
+        if kind == AnswerKind.INTEGER:
             return str(value)
-        return domain.attribute(self.attributes[kind - 2]).concepts[value]
+        return domain.attribute(self.attribute_of(kind)).concepts[value]
 
 
 class Compiler:
@@ -95,14 +120,16 @@ class Compiler:
                 params.append(self.attributes[n.attribute] if n.attribute is not None else -1)
         last = prog.nodes[-1]
         if last.op in ("exist", "query_attribute_equal", "count_equal", "count_less", "count_greater"):
-            kind = 0
+            kind = AnswerKind.BOOL
         elif last.op == "count":
-            kind = 1
+            kind = AnswerKind.INTEGER
         elif last.op == "query":
-            kind = 2 + self.attributes[last.attribute]
+            kind = AnswerKind.ATTRIBUTE + self.attributes[last.attribute]
         else:
-            kind = -1  # an object set is not an answer
-        return CompiledProgram(tuple(ops), tuple(inputs), tuple(concepts), tuple(params), kind, tuple(levels))
+            kind = AnswerKind.NONE
+        return CompiledProgram(
+            tuple(ops), tuple(inputs), tuple(concepts), tuple(params), int(kind), tuple(levels)
+        )
 
 
 @dataclass
@@ -207,6 +234,52 @@ class SceneLogits:
     same: Tensor
     relation: Tensor
     mask: Tensor
+
+    def _map(self, fn: Callable[[Tensor], Tensor], mask: bool = True) -> SceneLogits:
+        return SceneLogits(
+            fn(self.concept),
+            {a: fn(v) for a, v in self.query.items()},
+            fn(self.same),
+            fn(self.relation),
+            fn(self.mask) if mask else self.mask,
+        )
+
+    def to(self, device: torch.device | str) -> SceneLogits:
+        return self._map(lambda t: t.to(device))
+
+    def detach(self) -> SceneLogits:
+        """The same logits cut from the graph (the mask is not differentiable and stays as is)."""
+        return self._map(Tensor.detach, mask=False)
+
+    def image(self, b: int, n: int | None = None) -> SceneLogits:
+        """Image ``b`` alone (B = 1), keeping its first ``n`` objects (default: all N)."""
+        n = self.mask.shape[1] if n is None else n
+        return SceneLogits(
+            self.concept[b : b + 1, :n],
+            {a: v[b : b + 1, :n] for a, v in self.query.items()},
+            self.same[b : b + 1, :, :n, :n],
+            self.relation[b : b + 1, :, :n, :n],
+            self.mask[b : b + 1, :n],
+        )
+
+    @staticmethod
+    def cat(parts: Sequence[SceneLogits]) -> SceneLogits:
+        """Concatenate batches of images, padding objects to the largest N (padding is masked out)."""
+        N = max(p.mask.shape[1] for p in parts)
+
+        def pad(t: Tensor, dims: Sequence[int]) -> Tensor:
+            spec: list[int] = []
+            for d in reversed(range(1, t.dim())):
+                spec += [0, N - t.shape[d]] if d in dims else [0, 0]
+            return F.pad(t, spec)
+
+        return SceneLogits(
+            torch.cat([pad(p.concept, [1]) for p in parts]),
+            {a: torch.cat([pad(p.query[a], [1]) for p in parts]) for a in parts[0].query},
+            torch.cat([pad(p.same, [2, 3]) for p in parts]),
+            torch.cat([pad(p.relation, [2, 3]) for p in parts]),
+            torch.cat([pad(p.mask, [1]) for p in parts]),
+        )
 
 
 @dataclass
@@ -427,7 +500,7 @@ class Executor:
                 a_id = g.attribute
                 table = scene.query[self.attributes[a_id]]  # (B, N, C_a)
                 logits = attend(x, args.mask, table, g.images, None, quantize)  # (k, C_a)
-                query_parts.setdefault(2 + a_id, []).append((g.questions, logits))
+                query_parts.setdefault(AnswerKind.ATTRIBUTE + a_id, []).append((g.questions, logits))
         scalar = torch.full((Q,), float("nan"), device=device)
         if scalar_vals:
             scalar = scalar.index_put((torch.cat(scalar_rows),), torch.cat(scalar_vals).to(scalar.dtype))

@@ -17,471 +17,55 @@ known concept in an unseen combination or position still parses. With ``delexica
 sees lexicon words only through their class (``<concept:shape>``, ``<relation>``, ``<attribute:color>`` ...),
 never their identity, which makes that generalisation structural.
 
-Decoding is constrained by the domain's op signatures: a stack of pending slots (an ``ObjectSet`` input, an
-``Object`` input, the answer, a concept list, a relation, an attribute) decides at every step which actions are
-well typed; pointers are allowed only at tokens whose word maps to something of the slot's kind; a length
-budget forces the program to close within ``max_length`` steps. Greedy, sampled and beam decoding therefore
-only produce programs that pass :meth:`Program.validate`.
+Decoding is constrained by the :class:`~nscl.models.grammar.Grammar` (slots, type and length masks, in the
+torch-free :mod:`nscl.models.grammar`), so greedy, sampled and beam decoding only produce programs that pass
+:meth:`Program.validate`. Beam search runs the beams of all questions of a batch through one decoder step.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import math
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from importlib import resources
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..domain import OBJECT, OBJECT_SET, P_ATTRIBUTE, P_CONCEPTS, P_RELATION, Domain
-from ..errors import NSCLError, ProgramError
-from ..program import Node, Program
+from ..checkpoint import CheckpointError
+from ..config import from_dict
+from ..domain import P_ATTRIBUTE, P_CONCEPTS, P_RELATION, Domain
+from ..program import Program
 from ..vocab import UNK, Vocab, tokenize
+from .grammar import DecodeState, Grammar, Lexicon, ParseError, QuestionInfo
 
-# Words naming an attribute (the queried or compared one), beyond the attribute's own name.
-ATTRIBUTE_WORDS: Mapping[str, tuple[str, ...]] = {
-    "color": ("colour", "colors", "colours", "colored", "coloured"),
-    "shape": ("shapes", "shaped"),
-    "material": ("materials", "made"),
-    "size": ("sizes", "sized", "big"),
-}
-# Function words dropped from multi-word synonyms: "to the left of" -> "left", "in back of" -> "back".
-_FUNCTION_WORDS = frozenset({"of", "to", "the", "on", "in", "at", "a", "an"})
 NEG = -1e9  # logit of a masked action (finite, so that fully masked rows stay NaN-free)
 
 
-class ParseError(NSCLError):
-    """A question the parser cannot turn into a program (unknown word, nothing to point at)."""
-
-
-# --------------------------------------------------------------------------------------------- lexicon
-@dataclass(frozen=True)
-class Lexicon:
-    """Which question words can be pointed at, and what they mean: word -> object concept, relation concept,
-    attribute name. A word may have several meanings of different kinds ("big": the concept large and the
-    attribute size); the decoder's slot decides which one is read."""
-
-    concepts: Mapping[str, str]
-    relations: Mapping[str, str]
-    attributes: Mapping[str, str]
-    plural: frozenset[str] = frozenset()
-
-    @classmethod
-    def build(cls, domain: Domain, synonyms: Mapping[str, Sequence[str]] | None = None) -> Lexicon:
-        """The lexicon of ``domain``: every concept and attribute name, the surface forms of
-        ``synonyms`` (default: the generator's ``synonyms.json``), plurals of object-concept words, and
-        :data:`ATTRIBUTE_WORDS`."""
-        if synonyms is None:
-            text = resources.files("nscl").joinpath("generate", "synonyms.json").read_text(encoding="utf-8")
-            synonyms = json.loads(text)
-        concepts: dict[str, str] = {}
-        relations: dict[str, str] = {}
-        attributes: dict[str, str] = {}
-        plural: set[str] = set()
-
-        def key_word(form: str) -> str | None:
-            words = [w for w in tokenize(form) if w not in _FUNCTION_WORDS]
-            return words[0] if len(words) == 1 else None
-
-        for c in domain.object_concepts + domain.relation_concepts:
-            table = concepts if domain.is_object_concept(c) else relations
-            forms = [c, *synonyms.get(c, ())]
-            for f in forms:
-                w = key_word(f)
-                if w is not None:
-                    table.setdefault(w, c)
-        for w, c in list(concepts.items()):
-            if w + "s" not in concepts:
-                concepts[w + "s"] = c
-                plural.add(w + "s")
-        for a in domain.attributes:
-            for w in (a.name, a.name + "s", *ATTRIBUTE_WORDS.get(a.name, ())):
-                attributes.setdefault(w, a.name)
-        return cls(dict(concepts), dict(relations), dict(attributes), frozenset(plural))
-
-    @property
-    def words(self) -> frozenset[str]:
-        return frozenset(self.concepts) | frozenset(self.relations) | frozenset(self.attributes)
-
-    def classes(self, domain: Domain) -> dict[str, str]:
-        """word -> class name: the kinds of its meanings (object concepts by attribute), plus plural."""
-        out: dict[str, str] = {}
-        for w in sorted(self.words):
-            parts = []
-            if w in self.concepts:
-                a = domain.attribute_of_concept(self.concepts[w])
-                parts.append(f"concept:{a.name if a is not None else '?'}")
-            if w in self.relations:
-                a = domain.attribute_of_concept(self.relations[w])
-                parts.append(f"relation:{a.name if a is not None else '?'}")
-            if w in self.attributes:
-                parts.append(f"attribute:{self.attributes[w]}")
-            name = "+".join(parts) + ("/pl" if w in self.plural else "")
-            out[w] = name
-        return out
-
-    def to_json(self) -> dict:
-        return {
-            "concepts": dict(self.concepts),
-            "relations": dict(self.relations),
-            "attributes": dict(self.attributes),
-            "plural": sorted(self.plural),
-        }
-
-    @classmethod
-    def from_json(cls, d: Mapping) -> Lexicon:
-        return cls(dict(d["concepts"]), dict(d["relations"]), dict(d["attributes"]), frozenset(d["plural"]))
-
-
-# --------------------------------------------------------------------------------------------- grammar
-@dataclass(frozen=True)
-class QuestionInfo:
-    """What each token of one question can be pointed at as: index into ``domain.object_concepts`` /
-    ``relation_concepts`` / ``attribute_names`` or -1, and which ops have all their pointer slots fillable."""
-
-    tokens: tuple[str, ...]
-    concept: np.ndarray  # (T,) int
-    concept_attr: np.ndarray  # (T,) attribute index of the concept, -1
-    relation: np.ndarray  # (T,) int
-    attribute: np.ndarray  # (T,) int
-    available: np.ndarray  # (F,) bool: op's pointer slots all have a candidate token
-    text: str = ""  # the question as given (for messages)
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-
-@dataclass
-class DecodeState:
-    """One partial program: the stack of pending slots (top last; each with the attributes already used by
-    the filter being filled), their summed minimal completion cost, and the actions so far."""
-
-    stack: list[tuple[int, frozenset[int]]]
-    pending: int
-    actions: list[int] = field(default_factory=list)
-    score: float = 0.0
-    failed: bool = False  # the last action is an op whose argument the question has no word for
-
-    @property
-    def done(self) -> bool:
-        return not self.stack
-
-    def copy(self) -> DecodeState:
-        return DecodeState(list(self.stack), self.pending, list(self.actions), self.score, self.failed)
-
-
-class Grammar:
-    """The NS-CL language as a prefix grammar over slots, derived from ``domain.nscl_ops``.
-
-    Slots: ``answer`` (the root), one per input value type (``ObjectSet``, ``Object``), and the pointer slots
-    ``concepts`` (first concept of a filter), ``concepts+`` (a further concept or ``<end>``), ``relation``,
-    ``attribute``. Emitting an op pushes its parameter slots, then its input slots (read in that order)."""
-
-    ANSWER = "answer"
-    CONCEPTS = "concepts"
-    CONCEPTS_MORE = "concepts+"
-    RELATION = "relation"
-    ATTRIBUTE = "attribute"
-
-    def __init__(self, domain: Domain) -> None:
-        self.domain = domain
-        self.ops: tuple[str, ...] = tuple(domain.nscl_ops)
-        self.op_index = {o: i for i, o in enumerate(self.ops)}
-        self.end = len(self.ops)  # action: end of a filter's concept list
-        self.num_fixed = len(self.ops) + 1  # F
-        value_types = sorted({t for s in domain.nscl_ops.values() for t in s.inputs})
-        self.slots: tuple[str, ...] = (
-            self.ANSWER,
-            *value_types,
-            self.CONCEPTS,
-            self.CONCEPTS_MORE,
-            self.RELATION,
-            self.ATTRIBUTE,
-        )
-        self.slot_index = {s: i for i, s in enumerate(self.slots)}
-        si = self.slot_index
-        self.pointer_kind = {
-            si[self.CONCEPTS]: P_CONCEPTS,
-            si[self.CONCEPTS_MORE]: P_CONCEPTS,
-            si[self.RELATION]: P_RELATION,
-            si[self.ATTRIBUTE]: P_ATTRIBUTE,
-        }
-        param_slot = {
-            P_CONCEPTS: si[self.CONCEPTS],
-            P_RELATION: si[self.RELATION],
-            P_ATTRIBUTE: si[self.ATTRIBUTE],
-        }
-        # Children of each op in reading order: parameters first, then inputs.
-        self.children: list[tuple[int, ...]] = []
-        for o in self.ops:
-            sig = domain.nscl_ops[o]
-            self.children.append(tuple(param_slot[p] for p in sig.params) + tuple(si[t] for t in sig.inputs))
-        # Which ops may fill which slot.
-        S = len(self.slots)
-        self.slot_ops = np.zeros((S, self.num_fixed), dtype=bool)
-        for k, o in enumerate(self.ops):
-            out = domain.nscl_ops[o].output
-            for t in value_types:
-                if out == t or (t == OBJECT and out == OBJECT_SET):
-                    self.slot_ops[si[t], k] = True
-            if out not in (OBJECT, OBJECT_SET):
-                self.slot_ops[si[self.ANSWER], k] = True
-        # Minimal number of actions that complete each slot (fixed point), and each op's children.
-        INF = 10**6
-        cost = [INF] * S
-        cost[si[self.CONCEPTS_MORE]] = 1  # <end>
-        cost[si[self.CONCEPTS]] = 2  # a concept, then <end>
-        cost[si[self.RELATION]] = cost[si[self.ATTRIBUTE]] = 1
-        changed = True
-        while changed:
-            changed = False
-            for s in range(S):
-                if s in self.pointer_kind:
-                    continue
-                for k in np.nonzero(self.slot_ops[s])[0]:
-                    c = 1 + sum(cost[ch] for ch in self.children[k])
-                    if c < cost[s]:
-                        cost[s], changed = c, True
-        if any(c >= INF for c in cost):
-            bad = [self.slots[s] for s in range(S) if cost[s] >= INF]
-            raise ValueError(f"domain {domain.name}: no finite program fills slot(s) {bad}")
-        self.cost = np.array(cost)
-        self.child_cost = np.array([sum(cost[c] for c in ch) for ch in self.children] + [0])  # (F,)
-        self.pointer_ops = [
-            {self.pointer_kind[c] for c in ch if c in self.pointer_kind} for ch in self.children
-        ]
-
-    # ------------------------------------------------------------------------------------ questions
-    def question_info(self, tokens: Sequence[str], lexicon: Lexicon, text: str = "") -> QuestionInfo:
-        d = self.domain
-        cidx = {c: i for i, c in enumerate(d.object_concepts)}
-        ridx = {c: i for i, c in enumerate(d.relation_concepts)}
-        aidx = {a: i for i, a in enumerate(d.attribute_names)}
-        T = len(tokens)
-        concept = np.full(T, -1)
-        concept_attr = np.full(T, -1)
-        relation = np.full(T, -1)
-        attribute = np.full(T, -1)
-        for p, w in enumerate(tokens):
-            c = lexicon.concepts.get(w)
-            if c is not None and c in cidx:
-                concept[p] = cidx[c]
-                concept_attr[p] = aidx[d.attribute_of_concept(c).name]
-            r = lexicon.relations.get(w)
-            if r is not None and r in ridx:
-                relation[p] = ridx[r]
-            a = lexicon.attributes.get(w)
-            if a is not None and a in aidx:
-                attribute[p] = aidx[a]
-        has = {
-            P_CONCEPTS: bool((concept >= 0).any()),
-            P_RELATION: bool((relation >= 0).any()),
-            P_ATTRIBUTE: bool((attribute >= 0).any()),
-        }
-        available = np.array([all(has[k] for k in kinds) for kinds in self.pointer_ops] + [True])
-        return QuestionInfo(
-            tuple(tokens), concept, concept_attr, relation, attribute, available, text or " ".join(tokens)
-        )
-
-    # ------------------------------------------------------------------------------------ decoding
-    def start(self) -> DecodeState:
-        s = self.slot_index[self.ANSWER]
-        return DecodeState([(s, frozenset())], int(self.cost[s]))
-
-    def allowed(
-        self, st: DecodeState, step: int, max_length: int, q: QuestionInfo, check_available: bool = True
-    ) -> np.ndarray:
-        """(F + T,) bool: the well-typed actions at ``step`` that still let the program close in time."""
-        T = len(q)
-        mask = np.zeros(self.num_fixed + T, dtype=bool)
-        if st.done:
-            return mask
-        slot, used = st.stack[-1]
-        rest = st.pending - self.cost[slot]
-        budget = max_length - step - 1  # steps left after this one
-        kind = self.pointer_kind.get(slot)
-        if kind is None:
-            ok = self.slot_ops[slot] & (rest + self.child_cost <= budget)
-            if check_available:
-                ok &= q.available
-            mask[: self.num_fixed] = ok
-        elif kind == P_CONCEPTS:
-            more = self.slot_index[self.CONCEPTS_MORE]
-            if rest + self.cost[more] <= budget:
-                ptr = q.concept >= 0
-                if used:
-                    ptr &= ~np.isin(q.concept_attr, list(used))
-                mask[self.num_fixed :] = ptr
-            if slot == more:
-                mask[self.end] = True
-        elif kind == P_RELATION:
-            mask[self.num_fixed :] = q.relation >= 0
-        else:
-            mask[self.num_fixed :] = q.attribute >= 0
-        return mask
-
-    def advance(self, st: DecodeState, action: int, q: QuestionInfo) -> None:
-        """Apply ``action`` (an op, ``<end>`` or ``F + position``) to ``st`` in place."""
-        slot, used = st.stack.pop()
-        st.pending -= int(self.cost[slot])
-        st.actions.append(action)
-        if action < len(self.ops):
-            for ch in reversed(self.children[action]):
-                st.stack.append((ch, frozenset()))
-                st.pending += int(self.cost[ch])
-        elif action == self.end:
-            pass
-        elif self.pointer_kind.get(slot) == P_CONCEPTS:
-            a = int(q.concept_attr[action - self.num_fixed])
-            more = self.slot_index[self.CONCEPTS_MORE]
-            st.stack.append((more, used | {a}))
-            st.pending += int(self.cost[more])
-
-    def to_program(self, actions: Sequence[int], q: QuestionInfo) -> Program:
-        """The NS-CL program of a complete action sequence (post-order nodes, shared subtrees merged)."""
-        d = self.domain
-        pos = 0
-        nodes: list[Node] = []
-
-        def read() -> int:
-            nonlocal pos
-            op = self.ops[actions[pos]]
-            pos += 1
-            concepts: list[str] = []
-            attribute = None
-            inputs: list[int] = []
-            for ch in self.children[self.op_index[op]]:
-                kind = self.pointer_kind.get(ch)
-                if kind == P_CONCEPTS:
-                    while actions[pos] != self.end:
-                        concepts.append(d.object_concepts[q.concept[actions[pos] - self.num_fixed]])
-                        pos += 1
-                    pos += 1
-                elif kind == P_RELATION:
-                    concepts.append(d.relation_concepts[q.relation[actions[pos] - self.num_fixed]])
-                    pos += 1
-                elif kind == P_ATTRIBUTE:
-                    attribute = d.attribute_names[q.attribute[actions[pos] - self.num_fixed]]
-                    pos += 1
-                else:
-                    inputs.append(read())
-            nodes.append(Node(op, tuple(inputs), tuple(concepts), attribute))
-            return len(nodes) - 1
-
-        read()
-        if pos != len(actions):
-            raise ProgramError(f"action sequence has {len(actions) - pos} trailing action(s)")
-        return Program.from_tree(Program(tuple(nodes)))
-
-    def target(
-        self, program: Program, q: QuestionInfo, max_length: int, order_by_text: bool = True
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Teacher-forcing targets of ``program`` for question ``q``: per step the slot (L,), the allowed
-        actions (L, F + T) and the target actions (L, F + T); a concept argument's targets are all tokens
-        that name it. Raises ProgramError when the question cannot express the program (a concept it does
-        not mention, a filter naming one attribute twice, too long)."""
-        d = self.domain
-        cidx = {c: i for i, c in enumerate(d.object_concepts)}
-        ridx = {c: i for i, c in enumerate(d.relation_concepts)}
-        aidx = {a: i for i, a in enumerate(d.attribute_names)}
-        F_ = self.num_fixed
-
-        def cand(kind: str, value: str) -> np.ndarray:
-            if kind == "concept":
-                return np.nonzero(q.concept == cidx[value])[0]
-            if kind == "relation":
-                return np.nonzero(q.relation == ridx[value])[0]
-            return np.nonzero(q.attribute == aidx[value])[0]
-
-        def emit(i: int, flips: Mapping[int, bool], out: list[tuple[str, str | None]]) -> None:
-            n = program.nodes[i]
-            out.append(("op", n.op))
-            for ch in self.children[self.op_index[n.op]]:
-                kind = self.pointer_kind.get(ch)
-                if kind == P_CONCEPTS:
-                    for c in n.concepts:
-                        out.append(("concept", c))
-                    out.append(("end", None))
-                elif kind == P_RELATION:
-                    out.append(("relation", n.concepts[0]))
-                elif kind == P_ATTRIBUTE:
-                    out.append(("attribute", n.attribute))
-            inputs = list(n.inputs)
-            if flips.get(i, False):
-                inputs.reverse()
-            for j in inputs:
-                emit(j, flips, out)
-
-        def backtrack(seq: list[tuple[str, str | None]]) -> float:
-            """How far the pointers must jump back when the sequence reads the question as early as possible
-            (each argument at one of its words; dynamic programming over the choices)."""
-            best: dict[int, float] = {-1: 0.0}
-            for kind, value in seq:
-                if kind in ("op", "end"):
-                    continue
-                positions = cand(kind, value).tolist()  # type: ignore[arg-type]
-                if not positions:
-                    return math.inf
-                best = {p: min(c + max(0, prev - p) for prev, c in best.items()) for p in positions}
-            return min(best.values())
-
-        # Commutative operands (intersect, union, count_equal, query_attribute_equal) are read in the order
-        # that follows the question best; ties keep the program's order.
-        commutative = [i for i, n in enumerate(program.nodes) if n.op in _COMMUTATIVE and len(n.inputs) == 2]
-        root = len(program.nodes) - 1
-        symbolic: list[tuple[str, str | None]] = []
-        emit(root, {}, symbolic)
-        if order_by_text and commutative:
-            cost = backtrack(symbolic)
-            for bits in itertools.product((False, True), repeat=len(commutative)):
-                if not any(bits):
-                    continue
-                seq: list[tuple[str, str | None]] = []
-                emit(root, dict(zip(commutative, bits)), seq)
-                c = backtrack(seq)
-                if c < cost:
-                    symbolic, cost = seq, c
-        L = len(symbolic)
-        if max_length < L:
-            raise ProgramError(f"program needs {L} decoder steps, more than max_length {max_length}")
-        slots = np.zeros(L, dtype=np.int64)
-        masks = np.zeros((L, F_ + len(q)), dtype=bool)
-        targets = np.zeros((L, F_ + len(q)), dtype=bool)
-        st = self.start()
-        for t, (kind, value) in enumerate(symbolic):
-            slots[t] = st.stack[-1][0]
-            # Type and length constraints only: the model learns to give ops whose arguments the question
-            # lacks a low probability (decoding also masks them, and strict parsing reports them).
-            masks[t] = self.allowed(st, t, max_length, q, check_available=False)
-            if kind == "op":
-                targets[t, self.op_index[value]] = True
-            elif kind == "end":
-                targets[t, self.end] = True
-            else:
-                c = cand(kind, value)  # type: ignore[arg-type]
-                if len(c) == 0:
-                    raise ProgramError(f"the question does not mention {kind} {value!r}")
-                targets[t, F_ + c] = True
-            targets[t] &= masks[t]
-            if not targets[t].any():
-                what = value if value is not None else "<end>"
-                raise ProgramError(f"step {t}: {kind} {what!r} is not allowed there by the grammar")
-            self.advance(st, int(np.nonzero(targets[t])[0][0]), q)
-        if not st.done:
-            raise ProgramError("program does not close")  # pragma: no cover - symbolic is a full tree
-        return slots, masks, targets
-
-
-_COMMUTATIVE = frozenset({"intersect", "union", "count_equal", "query_attribute_equal"})
-
-
 # --------------------------------------------------------------------------------------------- model
+def _token_dot(v: Tensor, tokens: Tensor, group: tuple[Tensor, int] | None) -> Tensor:
+    """(B, T) dot products of each row of v (Tensor[B, D]) with its question's token vectors: tokens
+    (Tensor[B, T, D]), or (Tensor[G, T, D]) shared by rows laid out by ``group`` (see :meth:`Parser.step`)."""
+    if group is None:
+        return (v[:, None, :] * tokens).sum(-1)
+    place, k = group
+    G, T, D = tokens.shape
+    grid = v.new_zeros(G * k, D).index_copy_(0, place, v)
+    return torch.bmm(grid.view(G, k, D), tokens.transpose(1, 2)).view(G * k, T)[place]
+
+
+def _token_mix(w: Tensor, tokens: Tensor, group: tuple[Tensor, int] | None) -> Tensor:
+    """(B, D) per-row weighted sums of token vectors with weights w (Tensor[B, T]); layout as in
+    :func:`_token_dot`."""
+    if group is None:
+        return (w[:, :, None] * tokens).sum(1)
+    place, k = group
+    G, T, D = tokens.shape
+    grid = w.new_zeros(G * k, T).index_copy_(0, place, w)
+    return torch.bmm(grid.view(G, k, T), tokens).view(G * k, D)[place]
+
+
 @dataclass(frozen=True)
 class ParserConfig:
     embedding_dim: int = 32  # E
@@ -623,23 +207,27 @@ class Parser(nn.Module):
         keys: Tensor,
         pad: Tensor,
         covered: Tensor | None = None,
+        group: tuple[Tensor, int] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One decoder step. h, ctx (Tensor[B, D]); prev (Tensor[B, E]) feedback of the last action; slot
         (Tensor[B]); enc, keys (Tensor[B, T, D]); pad (Tensor[B, T]); covered (Tensor[B, T]) 1 at tokens
-        already pointed at. Returns the new h, ctx and the action logits (Tensor[B, F + T])."""
+        already pointed at. Returns the new h, ctx and the action logits (Tensor[B, F + T]).
+
+        ``group=(place, k)`` (beam search): enc and keys are (Tensor[G, T, D]), one per question, shared by
+        its rows; row b reads question ``place[b] // k`` (place: Tensor[B], distinct cells of a G x k grid)."""
         D = h.shape[-1]
         x = torch.cat([prev, self.slot_embed(slot), ctx], dim=-1)  # (B, 2E + D)
         h = self.cell(self.drop(x), h)
         q = self.att_query(h)  # (B, D)
-        att = (q[:, None, :] * enc).sum(-1)  # (B, T)
+        att = _token_dot(q, enc, group)  # (B, T)
         if covered is not None:
             att = att + covered * (q @ self.cov_att)[:, None]
         att = torch.softmax((att / math.sqrt(D)).masked_fill(~pad, NEG), dim=-1)
-        ctx = (att[:, :, None] * enc).sum(1)  # (B, D)
+        ctx = _token_mix(att, enc, group)  # (B, D)
         o = torch.tanh(self.out(self.drop(torch.cat([h, ctx], dim=-1))))  # (B, D)
         op_logits = self.op_head(o)  # (B, F)
         pq = self.ptr_query(o)  # (B, D)
-        ptr_logits = (pq[:, None, :] * keys).sum(-1)  # (B, T)
+        ptr_logits = _token_dot(pq, keys, group)  # (B, T)
         if covered is not None:
             ptr_logits = ptr_logits + covered * (pq @ self.cov_ptr)[:, None]
         return h, ctx, torch.cat([op_logits, ptr_logits / math.sqrt(D)], dim=-1)
@@ -650,14 +238,16 @@ class Parser(nn.Module):
         hit = F.one_hot((actions - F_).clamp(min=0), covered.shape[1] + 1)[:, : covered.shape[1]]
         return torch.maximum(covered, hit.to(covered.dtype) * (actions >= F_)[:, None])
 
-    def feedback(self, actions: Tensor, enc: Tensor) -> Tensor:
+    def feedback(self, actions: Tensor, enc: Tensor, rows: Tensor | None = None) -> Tensor:
         """Embedding (Tensor[B, E]) of the chosen actions (Tensor[B]): op embeddings, or the pointed token's
-        encoding."""
+        encoding (enc: Tensor[B, T, D]; or Tensor[G, T, D] with ``rows`` (Tensor[B]) each row's question)."""
         F_ = self.grammar.num_fixed
         is_ptr = actions >= F_
         fixed = self.action_embed(actions.clamp(max=F_ - 1))
         pos = (actions - F_).clamp(min=0, max=enc.shape[1] - 1)
-        pointed = enc[torch.arange(enc.shape[0], device=enc.device), pos]  # (B, D)
+        if rows is None:
+            rows = torch.arange(enc.shape[0], device=enc.device)
+        pointed = enc[rows, pos]  # (B, D)
         return torch.where(is_ptr[:, None], self.pointer_embed(pointed), fixed)
 
     def _start(self, B: int, device: torch.device) -> Tensor:
@@ -805,79 +395,117 @@ class Parser(nn.Module):
         self, enc_q: EncodedQuestions, beam_size: int, n_best: int, skip: Sequence[bool] | None = None
     ) -> list[list[DecodeState]]:
         """Up to ``n_best`` complete action sequences per question, best first, from a beam of
-        ``beam_size`` (empty when skipped or nothing completes)."""
+        ``beam_size`` (empty when skipped or nothing completes).
+
+        All questions are encoded together and every decoder step runs once over the live beams of all
+        questions (N <= B * beam_size rows, grouped by question, each question's rows best first); the top-k
+        selection over each question's (k, A) scores is one batched ``topk``. A candidate is scored by its
+        summed log-probability; one that chooses an op whose argument the question lacks finishes as
+        ``failed``; live beams that can no longer beat the ``n_best``-th finished one are dropped."""
         g = self.grammar
         device = self.embed.weight.device
-        out: list[list[DecodeState]] = []
         L = self.cfg.max_length
-        for b, q in enumerate(enc_q.info):
-            if skip is not None and skip[b]:
-                out.append([])
-                continue
-            ids = enc_q.ids[b : b + 1, : len(q)].to(device)
-            enc, pad, h = self.encode(ids, enc_q.lengths[b : b + 1].to(device))
-            keys = self.ptr_key(enc)
-            beams = [g.start()]
-            hs, ctxs = h, enc.new_zeros(1, enc.shape[-1])
-            covs = enc.new_zeros(1, enc.shape[1])
-            prev = self._start(1, device)
-            finished: list[DecodeState] = []
-            for t in range(L):
-                if not beams:
-                    break
-                k = len(beams)
-                slot = torch.tensor([s.stack[-1][0] for s in beams], device=device)
-                hs, ctxs, logits = self.step(
-                    hs,
-                    ctxs,
-                    prev,
-                    slot,
-                    enc.expand(k, -1, -1),
-                    keys.expand(k, -1, -1),
-                    pad.expand(k, -1),
-                    covs,
-                )
-                mask = torch.from_numpy(
-                    np.stack([g.allowed(s, t, L, q, check_available=False) for s in beams])
-                ).to(device)
-                logp = torch.log_softmax(logits.masked_fill(~mask, NEG), -1).masked_fill(~mask, -math.inf)
-                scores = torch.tensor([s.score for s in beams], device=device)[:, None] + logp  # (k, A)
-                flat = scores.flatten()
-                n = min(beam_size, int(torch.isfinite(flat).sum()))
-                if n == 0:
-                    break
-                top = flat.topk(n)
-                new_beams, rows, acts = [], [], []
-                for sc, idx in zip(top.values.tolist(), top.indices.tolist()):
-                    r, a = divmod(idx, logits.shape[1])
-                    st = beams[r].copy()
+        out: list[list[DecodeState]] = [[] for _ in enc_q.info]
+        todo = [b for b in range(len(enc_q.info)) if skip is None or not skip[b]]
+        if not todo or beam_size < 1:
+            return out
+        infos = [enc_q.info[b] for b in todo]
+        Bq, T = len(todo), max(len(q) for q in infos)
+        A = g.num_fixed + T
+        index = torch.tensor(todo)
+        enc, pad, h = self.encode(enc_q.ids[index, :T].to(device), enc_q.lengths[index].to(device))
+        keys = self.ptr_key(enc)  # (Bq, T, D)
+        beams: list[list[DecodeState]] = [[g.start()] for _ in range(Bq)]
+        finished: list[list[DecodeState]] = [[] for _ in range(Bq)]
+        masks_of: list[dict] = [{} for _ in range(Bq)]  # per question: allowed_key -> allowed mask
+        # Per live row (N of them): its question, decoder state, context, coverage and action feedback.
+        qrow = torch.arange(Bq, device=device)
+        hs, ctxs = h, enc.new_zeros(Bq, enc.shape[-1])
+        covs = enc.new_zeros(Bq, T)
+        prev = self._start(Bq, device)
+        for t in range(L):
+            live = [i for i in range(Bq) if beams[i]]
+            if not live:
+                break
+            rows_of = [beams[i] for i in live]
+            # Rows sit in a (questions with live beams) x kmax grid for the attention's batched matmuls.
+            kmax = max(len(bs) for bs in rows_of)
+            place = torch.tensor([j * kmax + m for j, bs in enumerate(rows_of) for m in range(len(bs))])
+            place = place.to(device)
+            slot = torch.tensor([s.stack[-1][0] for bs in rows_of for s in bs], device=device)
+            if len(live) < Bq:
+                live_t = torch.tensor(live, device=device)
+                enc_l, keys_l = enc[live_t], keys[live_t]
+            else:
+                enc_l, keys_l = enc, keys
+            hs, ctxs, logits = self.step(
+                hs, ctxs, prev, slot, enc_l, keys_l, pad[qrow], covs, group=(place, kmax)
+            )  # logits (N, A)
+            mask_np = np.zeros((len(slot), A), dtype=bool)
+            r = 0
+            for i, bs in zip(live, rows_of):
+                q, memo = infos[i], masks_of[i]
+                for s in bs:
+                    key = g.allowed_key(s, t, L)
+                    m = memo.get(key)
+                    if m is None:
+                        m = memo[key] = g.allowed(s, t, L, q, check_available=False)
+                    mask_np[r, : len(m)] = m
+                    r += 1
+            mask = torch.from_numpy(mask_np).to(device)
+            logp = torch.log_softmax(logits.masked_fill(~mask, NEG), -1).masked_fill(~mask, -math.inf)
+            prior = torch.tensor([s.score for bs in rows_of for s in bs], device=device)
+            scores = prior[:, None] + logp  # (N, A)
+            # Each question's (k, A) scores flattened into one padded row: (len(live), kmax * A).
+            grid = scores.new_full((len(live) * kmax, A), -math.inf).index_copy_(0, place, scores)
+            grid = grid.view(len(live), kmax * A)
+            finite = torch.isfinite(grid).sum(-1).tolist()
+            top = grid.topk(min(beam_size, kmax * A), dim=-1)
+            top_values, top_indices = top.values.tolist(), top.indices.tolist()
+            sel: list[int] = []  # global row of each kept beam's parent
+            acts: list[int] = []
+            row0 = 0
+            for j, (i, bs) in enumerate(zip(live, rows_of)):
+                q = infos[i]
+                n = min(beam_size, finite[j])
+                new_beams: list[DecodeState] = []
+                parents: list[int] = []
+                new_acts: list[int] = []
+                for sc, idx in zip(top_values[j][:n], top_indices[j][:n]):
+                    k, a = divmod(idx, A)
+                    st = bs[k].copy()
                     st.score = sc
                     if a < len(g.ops) and not q.available[a]:
                         # An op whose argument the question lacks: a failed parse, competing on its score.
                         st.actions.append(a)
                         st.stack.clear()
                         st.failed = True
-                        finished.append(st)
+                        finished[i].append(st)
                         continue
                     g.advance(st, a, q)
                     if st.done:
-                        finished.append(st)
+                        finished[i].append(st)
                     else:
                         new_beams.append(st)
-                        rows.append(r)
-                        acts.append(a)
-                done = sorted((s.score for s in finished), reverse=True)
-                bar = done[n_best - 1] if len(done) >= n_best else -math.inf
+                        parents.append(row0 + k)
+                        new_acts.append(a)
+                # Only the n_best best finished ones can place (a stable sort keeps the first-found on ties).
+                finished[i] = sorted(finished[i], key=lambda s: -s.score)[:n_best]
+                bar = finished[i][-1].score if len(finished[i]) >= n_best else -math.inf
                 # Scores only decrease, so a live beam below the n-th best finished one can never place.
-                keep = [i for i, s in enumerate(new_beams) if s.score > bar]
-                beams = [new_beams[i] for i in keep]
-                if beams:
-                    sel = torch.tensor([rows[i] for i in keep], device=device)
-                    hs, ctxs = hs[sel], ctxs[sel]
-                    chosen = torch.tensor([acts[i] for i in keep], device=device)
-                    prev = self.feedback(chosen, enc.expand(len(keep), -1, -1))
-                    covs = self.cover(covs[sel], chosen)
-            out.append(sorted(finished, key=lambda s: -s.score)[:n_best])
+                keep = [m for m, s in enumerate(new_beams) if s.score > bar]
+                beams[i] = [new_beams[m] for m in keep]
+                sel += [parents[m] for m in keep]
+                acts += [new_acts[m] for m in keep]
+                row0 += len(bs)
+            if sel:
+                idx_t = torch.tensor(sel, device=device)
+                hs, ctxs, covs, qrow = hs[idx_t], ctxs[idx_t], covs[idx_t], qrow[idx_t]
+                chosen = torch.tensor(acts, device=device)
+                prev = self.feedback(chosen, enc, qrow)
+                covs = self.cover(covs, chosen)
+        for i, b in enumerate(todo):
+            out[b] = finished[i]
         return out
 
     # ------------------------------------------------------------------------------------ public API
@@ -966,9 +594,6 @@ def parser_state(parser: Parser) -> dict:
 
 
 def parser_from_state(state: Mapping, domain: Domain | None = None, source: str = "checkpoint") -> Parser:
-    from ..config import from_dict
-    from ..training.checkpoint import CheckpointError
-
     try:
         dom = domain or Domain.from_dict(state["domain"], source)
         parser = Parser(
@@ -984,70 +609,3 @@ def parser_from_state(state: Mapping, domain: Domain | None = None, source: str 
         ) from None
     parser.eval()
     return parser
-
-
-# --------------------------------------------------------------------------------------------- readable form
-_STR_TOKEN = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*|[()\[\],])")
-
-
-def program_from_str(text: str, domain: Domain) -> Program:
-    """Read the readable form of :meth:`Program.to_str`, e.g.
-    ``query(color, filter(relate(filter(scene(), [red]), left), [cube]))``; raises ProgramError."""
-    tokens: list[str] = []
-    pos = 0
-    while pos < len(text.rstrip()):
-        m = _STR_TOKEN.match(text, pos)
-        if m is None:
-            raise ProgramError(f"{text!r}: unexpected character at {pos}")
-        tokens.append(m.group(1))
-        pos = m.end()
-    nodes: list[Node] = []
-    i = 0
-
-    def expect(tok: str) -> None:
-        nonlocal i
-        if i >= len(tokens) or tokens[i] != tok:
-            raise ProgramError(f"{text!r}: expected {tok!r} at token {i}")
-        i += 1
-
-    def call() -> int:
-        nonlocal i
-        op = tokens[i]
-        if op not in domain.nscl_ops:
-            raise ProgramError(f"{text!r}: unknown operation {op!r}")
-        i += 1
-        expect("(")
-        inputs: list[int] = []
-        concepts: list[str] = []
-        attribute = None
-        while tokens[i] != ")":
-            if tokens[i] == "[":
-                i += 1
-                while tokens[i] != "]":
-                    if tokens[i] != ",":
-                        concepts.append(tokens[i])
-                    i += 1
-                i += 1
-            elif i + 1 < len(tokens) and tokens[i + 1] == "(":
-                inputs.append(call())
-            elif tokens[i] in domain.attribute_names:
-                attribute = tokens[i]
-                i += 1
-            else:
-                concepts.append(tokens[i])
-                i += 1
-            if tokens[i] == ",":
-                i += 1
-        expect(")")
-        nodes.append(Node(op, tuple(inputs), tuple(concepts), attribute))
-        return len(nodes) - 1
-
-    try:
-        call()
-    except IndexError:
-        raise ProgramError(f"{text!r}: unexpected end") from None
-    if i != len(tokens):
-        raise ProgramError(f"{text!r}: trailing text after the program")
-    prog = Program.from_tree(Program(tuple(nodes)))
-    prog.validate(domain, text)
-    return prog

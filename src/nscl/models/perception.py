@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
+
+from ..config import check_options
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,10 +30,12 @@ GEOMETRY_DIM = 7
 
 @dataclass(frozen=True)
 class PerceptionConfig:
-    backbone: str = "small"  # "small" | "resnet34"
+    backbone: Literal["small", "resnet34"] = "small"
     pretrained: str | None = None  # path to a torchvision ResNet-34 state dict (ImageNet); never downloaded
     width: int = 32  # channels of the first stage of the small trunk
-    norm: str = "group"  # small trunk normalisation: group (batch-size independent), batch, none
+    norm: Literal["group", "batch", "none"] = (
+        "group"  # small trunk normalisation (group: batch-size independent)
+    )
     feature_dim: int = 256  # D
     pair_dim: int = 128  # P
     pool_size: int = 7
@@ -42,6 +47,9 @@ class PerceptionConfig:
     # pooled box by up to this fraction of the box's width or height.
     flip: bool = False
     box_jitter: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_options(self, "model.perception.")
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Training data: images decoded once, questions compiled once, batches grouped by image.
+"""Model-ready data: images decoded once, questions compiled once, batches grouped by image; the train/dev
+split by image that training and evaluation share.
 
 The questions of one image share one perception pass: a batch is a set of images and their (curriculum-
 eligible) questions. Per-question curriculum keys (object count, raw program length) are precomputed, so a new
@@ -20,6 +21,7 @@ from ..domain import Domain
 from ..errors import DataError, NSCLError
 from ..models.executor import AnswerKinds, CompiledProgram, Compiler, ProgramBatch
 from ..program import clevr_answer_op, translate
+from ..progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +70,6 @@ class QADataset:
     """All images of a split at one resolution, their boxes, and every answerable question compiled."""
 
     def __init__(self, split: Split, domain: Domain, image_height: int, progress: bool = False) -> None:
-        from tqdm import tqdm
-
         self.domain = domain
         self.kinds = AnswerKinds(domain)
         compiler = Compiler(domain)
@@ -95,7 +95,7 @@ class QADataset:
         self.width = round(w0 * image_height / h0)
         imgs = np.empty((len(scenes), self.height, self.width, 3), dtype=np.uint8)
         self.boxes: list[Tensor] = []
-        for i, s in enumerate(tqdm(scenes, desc="decode images", disable=not progress, unit="img")):
+        for i, s in enumerate(progress_bar(scenes, progress, desc="decode images", unit="img")):
             w, h = size_of(s) if i else (w0, h0)
             imgs[i] = load_image(split.paths.images / s.image_filename, self.height, self.width)
             b = torch.tensor([o.as_list() for o in s.boxes], dtype=torch.float32)
@@ -186,3 +186,27 @@ class QADataset:
             boxes[b, :k] = self.boxes[i]
             mask[b, :k] = True
         return self.images[image_ids], boxes, mask
+
+
+def train_images(image_indices: Sequence[int], fraction: float, seed: int) -> frozenset[int]:
+    """The images kept for training by the release's ``--data-split``: a seeded permutation of the sorted
+    image indices, of which ``round(n * fraction)`` are kept (all for fraction >= 1, none for <= 0, otherwise at
+    least one and at most n - 1); the rest is the dev split."""
+    order = sorted(image_indices)
+    n = len(order)
+    perm = np.random.default_rng([seed, 7]).permutation(n)
+    if fraction >= 1:
+        n_train = n
+    elif fraction <= 0:
+        n_train = 0
+    else:
+        n_train = max(1, min(n - 1, round(n * fraction)))
+    return frozenset(order[i] for i in perm[:n_train])
+
+
+def split_train_dev(ds: QADataset, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Question ids of the train and dev parts of ``ds``, split by image (:func:`train_images`)."""
+    keep = train_images([s.image_index for s in ds.scenes], fraction, seed)
+    is_train = np.array([s.image_index in keep for s in ds.scenes], dtype=bool)
+    q = np.arange(len(ds))
+    return q[is_train[ds.q_image]], q[~is_train[ds.q_image]]

@@ -5,13 +5,14 @@ vocabulary, so that ``--evaluate --load`` and ``--resume`` need nothing else. Lo
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import NSCLError
-from ..io import atomic_write
+from .errors import NSCLError
+from .io import atomic_write
 
 FORMAT = "nscl-checkpoint-1"
 
@@ -27,7 +28,11 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, require: Sequence[str] = ("model", "config", "domain")
+) -> dict[str, Any]:
+    """The state stored at ``path``; CheckpointError when it is missing, unreadable, not ours, or lacks one of
+    the ``require`` keys."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p}: no such checkpoint")
@@ -41,7 +46,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{p}: not an nscl checkpoint (format {state.get('format') if isinstance(state, dict) else None!r})"
         )
-    for key in ("model", "config", "domain"):
+    for key in require:
         if key not in state:
             raise CheckpointError(f"{p}: checkpoint lacks {key!r}")
     return state

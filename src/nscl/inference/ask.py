@@ -1,0 +1,219 @@
+"""``nscl ask``: answer one question about one image with a trained checkpoint, showing every step.
+
+The checkpoint is an NSCL checkpoint whose ``parser`` key holds the semantic parser. Object boxes come from a
+scene file (``objects[i].box`` xyxy pixels, or a COCO RLE ``mask``) or from a boxes JSON file (a list of
+``[x0, y0, x1, y1]``, or ``{"boxes": [...]}``). The image is resized as in training: height ``image_height`` of
+the checkpoint's config, width keeping the aspect ratio, boxes scaled alike. The answer is the batched
+executor's quantised answer; the step-by-step account comes from :mod:`nscl.inference.trace`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..data import Box, parse_scene
+from ..domain import Domain
+from ..errors import DataError, NSCLError
+from ..io import read_json
+from ..models.grammar import ParseError
+from ..run_config import GUIDED_BEAM
+from .dataset import load_image
+from .execute import decode_answer, run_programs
+from .guided import guided_parse
+from .load import load
+from .trace import TraceObject, TraceStep, trace_program
+
+SHOWN = 5  # objects listed per step in format_trace (all of them in to_json)
+
+
+@dataclass
+class AskResult:
+    question: str
+    program: str  # readable form, Program.to_str()
+    program_nscl: list[dict]  # Program.to_json()
+    steps: list[TraceStep]
+    answer: str
+    confidence: float
+    boxes: list[list[float]]  # every object's box, xyxy pixels of the given image
+    # execution-guided decoding: 0 = the greedy parse; k = the beam's k-th candidate, taken because the
+    # greedy parse's references were ambiguous on this image; -1 = no candidate was unambiguous
+    parse_rank: int = 0
+
+    def format_trace(self, shown: int = SHOWN) -> str:
+        """A human-readable account: the program, each step with its most likely objects, the answer."""
+
+        def objs(items: Sequence[TraceObject]) -> str:
+            top = sorted(items, key=lambda o: -o.prob)
+            text = ", ".join(f"#{o.index} {o.prob:.2f}" for o in top[:shown])
+            return text + (f", ... ({len(top) - shown} more)" if len(top) > shown else "")
+
+        lines = [f"Question: {self.question}", f"Program:  {self.program}"]
+        if self.parse_rank > 0:
+            lines.append(
+                f"          (beam candidate {self.parse_rank}: the greedy parse referred to no object or "
+                "several where the question needs one)"
+            )
+        elif self.parse_rank < 0:
+            lines.append(
+                "          (warning: every candidate parse refers ambiguously to this image's objects)"
+            )
+        lines.append("Objects:")
+        for i, b in enumerate(self.boxes):
+            lines.append(f"  #{i} box [{', '.join(f'{v:.0f}' for v in b)}]")
+        lines.append("Steps:")
+        for s in self.steps:
+            head = f"  [{s.node}] {s.describe()}"
+            parts = []
+            for k, inp in enumerate(s.input_objects):
+                chosen = max(inp, key=lambda o: o.prob)
+                parts.append(f"input {k} is object #{chosen.index} ({objs(inp)})")
+            if s.objects is not None:
+                parts.append(f"selects {objs(s.objects)}")
+            if s.value is not None:
+                v = f"-> {s.value}"
+                if s.distribution:
+                    top = sorted(s.distribution.items(), key=lambda kv: -kv[1])[:shown]
+                    v += " (" + ", ".join(f"{c} {p:.2f}" for c, p in top) + ")"
+                parts.append(v)
+            lines.append(head + (": " + "; ".join(parts) if parts else ""))
+        lines.append(f"Answer: {self.answer} (confidence {self.confidence:.2f})")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------- inputs
+def read_boxes(
+    image_path: str | Path,
+    domain: Domain,
+    scene_json: str | Path | None = None,
+    index: int | None = None,
+    boxes_json: str | Path | None = None,
+) -> list[Box]:
+    """Object boxes in pixels of the given image, from a scene file or a boxes file.
+
+    ``scene_json``: a scenes.json (``{"scenes": [...]}``), a list of scenes or one scene; the scene is the one
+    whose ``image_index`` is ``index``, else the only one, else the one whose ``image_filename`` is the
+    image's file name."""
+    if (scene_json is None) == (boxes_json is None):
+        raise NSCLError(
+            "give object boxes with exactly one of a scene file (--scene-json) or a boxes file (--boxes-json)"
+        )
+    if boxes_json is not None:
+        data = read_json(boxes_json)
+        if isinstance(data, dict):
+            data = data.get("boxes")
+        if not isinstance(data, list) or not data:
+            raise DataError(f"{boxes_json}: expected a non-empty list of [x0, y0, x1, y1] boxes")
+        boxes = []
+        for i, b in enumerate(data):
+            if not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)):
+                raise DataError(f"{boxes_json}: box {i}: expected [x0, y0, x1, y1] in pixels")
+            box = Box(*(float(v) for v in b))
+            if not (box.x1 > box.x0 and box.y1 > box.y0):
+                raise DataError(f"{boxes_json}: box {i}: empty box {b}")
+            boxes.append(box)
+        return boxes
+    data = read_json(scene_json)  # type: ignore[arg-type]
+    scenes = data.get("scenes", data) if isinstance(data, dict) else data
+    if isinstance(scenes, dict):
+        scenes = [scenes]
+    if not isinstance(scenes, list) or not scenes:
+        raise DataError(f"{scene_json}: expected a scenes file, a list of scenes or one scene")
+    pos = None
+    if index is not None:
+        found = [k for k, s in enumerate(scenes) if isinstance(s, dict) and s.get("image_index") == index]
+        if not found:
+            raise DataError(f"{scene_json}: no scene with image_index {index}")
+        pos = found[0]
+    elif len(scenes) == 1:
+        pos = 0
+    else:
+        name = Path(image_path).name
+        found = [k for k, s in enumerate(scenes) if isinstance(s, dict) and s.get("image_filename") == name]
+        if len(found) != 1:
+            raise DataError(
+                f"{scene_json}: {len(scenes)} scenes and none (or several) for image {name!r}; "
+                "give --index IMAGE_INDEX"
+            )
+        pos = found[0]
+    scene = parse_scene(scenes[pos], domain, str(scene_json), pos)
+    return scene.boxes
+
+
+def prepare_image(image_path: str | Path, boxes: Sequence[Box], height: int) -> tuple[Tensor, Tensor]:
+    """(Tensor[1, 3, H, W] uint8, Tensor[1, N, 4] boxes) resized like training: height ``height``, the
+    image's own aspect ratio, boxes scaled by the same factors."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(image_path) as im:
+            w0, h0 = im.size
+    except FileNotFoundError:
+        raise DataError(f"{image_path}: missing image file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{image_path}: cannot decode image ({e})") from None
+    width = round(w0 * height / h0)
+    img = torch.from_numpy(load_image(image_path, height, width).copy()).permute(2, 0, 1).contiguous()[None]
+    sx, sy = width / w0, height / h0
+    b = torch.tensor([x.as_list() for x in boxes], dtype=torch.float32) * torch.tensor([sx, sy, sx, sy])
+    return img, b[None]
+
+
+# --------------------------------------------------------------------------------------------- ask
+@torch.no_grad()
+def ask(
+    checkpoint_path: str | Path,
+    image_path: str | Path,
+    question: str,
+    scene_json: str | Path | None = None,
+    index: int | None = None,
+    boxes_json: str | Path | None = None,
+    beam_size: int = 1,
+    device: str | torch.device = "cpu",
+    guided_beam: int = GUIDED_BEAM,
+) -> AskResult:
+    """Perceive the image's objects, parse ``question`` and execute the program step by step.
+
+    With ``guided_beam`` > 0 the parse is execution-guided (:func:`nscl.inference.guided.guided_parse`): the greedy
+    parse, when its references are ambiguous on this image, is replaced by the first of the beam's
+    ``guided_beam`` candidates that asks for the same kind of answer and whose references are unambiguous;
+    ``beam_size`` then goes unused. With 0, the parse is a beam of ``beam_size``."""
+    ck = load(checkpoint_path, device, need_model=True, need_parser=True)
+    model, parser, domain = ck.model, ck.parser, ck.domain
+    assert model is not None and parser is not None
+    boxes = read_boxes(image_path, domain, scene_json, index, boxes_json)
+    images, scaled = prepare_image(image_path, boxes, ck.config.image_height)
+    mask = torch.ones(1, len(boxes), dtype=torch.bool)
+    with torch.no_grad():
+        scene = model.perceive(images.to(device), scaled.to(device), mask.to(device))
+    rank = 0
+    if guided_beam > 0:
+        gp = guided_parse(
+            parser, [question], [0], lambda _: scene, guided_beam, ck.config.parser.min_referent_p
+        )
+        if gp.errors[0] is not None:
+            raise ParseError(gp.errors[0])
+        program, rank = gp.programs[0], gp.rank[0]
+    else:
+        program = parser.parse([question], beam_size)[0]
+    steps, _, confidence = trace_program(program, scene, domain, boxes, quantize=True)
+    # The answer is the batched executor's (as in evaluation); the trace uses the same primitives.
+    out, _ = run_programs([program], [0], scene, domain, True)
+    answer = decode_answer(out, domain)
+    return AskResult(
+        question,
+        program.to_str(),  # type: ignore[union-attr]
+        program.to_json(),  # type: ignore[union-attr]
+        steps,
+        answer,
+        confidence,
+        [b.as_list() for b in boxes],
+        rank,
+    )

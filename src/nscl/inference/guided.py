@@ -1,0 +1,98 @@
+"""Execution-guided parsing: a parse whose references are ambiguous on the question's own image is replaced by
+the most probable beam candidate whose references are not. The answer is never consulted.
+
+CLEVR's engine only asks questions whose every reference ("the cube left of the sphere") picks exactly one
+object, so a program reading an empty or crowded set as one object is unlikely to be the question's.
+``Output.referent_logp`` measures it. :func:`beam_fallback` is shared with self-training
+(``training/self_training.py``), which uses the answer as its check instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ..models.executor import Compiler
+from ..models.parser import Parser
+from ..program import Program
+from ..run_config import GUIDED_BEAM, MIN_REFERENT_P
+from .execute import referent_logps
+from .scenes import SceneSource
+
+
+@dataclass
+class GuidedParse:
+    """Execution-guided parses: ``programs[i]`` is the most probable program (greedy, then the beam's
+    candidates in order) whose references are unambiguous enough on question i's image; ``rank[i]`` is 0
+    for the greedy parse, k for the beam's k-th candidate (1-based), -1 where no candidate passed and the
+    greedy parse was kept."""
+
+    programs: list[Program | None]
+    errors: list[str | None]
+    rank: list[int]
+
+
+def same_answer(greedy: Program | None, cand: Program) -> bool:
+    """A candidate may replace the greedy parse only if it asks for the same kind of answer (final op and
+    attribute): guidance fixes what a question refers to, never what it asks."""
+    if greedy is None:
+        return True
+    a, b = greedy.nodes[-1], cand.nodes[-1]
+    return a.op == b.op and a.attribute == b.attribute
+
+
+def beam_fallback(
+    parser: Parser,
+    questions: Sequence[str],
+    retry: Sequence[int],
+    beam_size: int,
+    passes: Callable[[list[int], list[Program]], list[bool]],
+) -> dict[int, tuple[int, Program]]:
+    """For each question index in ``retry``: (1-based rank, program) of the first of the beam's
+    ``beam_size`` candidates that ``passes(question indices, candidates)`` accepts; absent when none does."""
+    if not retry or beam_size <= 1:
+        return {}
+    cands = parser.parse_candidates([questions[i] for i in retry], beam_size, beam_size)
+    flat = [(i, k, p) for i, c in zip(retry, cands) for k, p in enumerate(c, start=1)]
+    ok = passes([i for i, _, _ in flat], [p for _, _, p in flat])
+    chosen: dict[int, tuple[int, Program]] = {}
+    for (i, k, p), good in zip(flat, ok):
+        if good and i not in chosen:
+            chosen[i] = (k, p)
+    return chosen
+
+
+def guided_parse(
+    parser: Parser,
+    questions: Sequence[str],
+    image_indices: Sequence[int],
+    scenes: SceneSource,
+    beam_size: int = GUIDED_BEAM,
+    min_referent_p: float = MIN_REFERENT_P,
+    batch_size: int = 256,
+    greedy: tuple[list[Program | None], list[str | None]] | None = None,
+) -> GuidedParse:
+    """Execution-guided decoding. The greedy parse is kept when its references pass (``Output.referent_logp``
+    at least log ``min_referent_p`` on the question's image); otherwise the beam's ``beam_size`` best
+    candidates that ask for the same kind of answer (final op and attribute) are tried in order.
+    ``min_referent_p`` 0 turns the check off; ``greedy``: the questions' greedy ``parse_many`` result, when
+    the caller has it."""
+    domain = parser.domain
+    compiler = Compiler(domain)
+    bar = math.log(min_referent_p) if min_referent_p > 0 else -math.inf
+    programs, errors = greedy if greedy is not None else parser.parse_many(questions, 1, "error", batch_size)
+    programs, errors = list(programs), list(errors)
+    lp = referent_logps(programs, image_indices, scenes, domain, batch_size, compiler)
+    retry = [i for i, v in enumerate(lp) if v < bar]  # unknown words get no candidates and stay errors
+
+    def passes(idx: list[int], cands: list[Program]) -> list[bool]:
+        lps = referent_logps(cands, [image_indices[i] for i in idx], scenes, domain, batch_size, compiler)
+        return [v >= bar and same_answer(programs[i], p) for i, p, v in zip(idx, cands, lps)]
+
+    chosen = beam_fallback(parser, questions, retry, beam_size, passes)
+    failed = set(retry)
+    rank = [-1 if i in failed else 0 for i in range(len(questions))]
+    for i, (k, p) in chosen.items():
+        rank[i], programs[i], errors[i] = k, p, None
+    return GuidedParse(programs, errors, rank)

@@ -1,0 +1,154 @@
+"""The settings of a training run, stored in every checkpoint: :class:`TrainConfig` (``nscl train``, the
+``--config`` JSON files, ``--set key=value``) and its nested :class:`ParserTrainConfig` (``--set parser.*``).
+
+Plain frozen dataclasses: :func:`nscl.config.from_dict` builds them from JSON and rejects unknown keys, wrong
+types and string options outside their ``Literal`` choices. Training reads them to train, inference reads the
+ones stored in a checkpoint (image height, the parser's guidance settings), so they live below both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .config import ConfigError, check_options, from_dict
+from .models.nscl import ModelConfig
+from .models.parser import ParserConfig
+
+TrainingTarget = Literal["derender", "parser", "all"]
+Curriculum = Literal["all", "off"]
+Reward = Literal["answer", "release"]
+Baseline = Literal["moving", "loo"]
+ParserInit = Literal["new", "load"]
+RewardPerception = Literal["model", "oracle"]
+
+GUIDED_BEAM = 8  # execution-guided decoding: beam candidates tried when the greedy parse's references fail
+MIN_REFERENT_P = 0.05  # the reference check's bar: P(every single-object reference holds exactly one object)
+
+
+@dataclass(frozen=True)
+class ParserTrainConfig:
+    """Parser training (``TrainConfig.parser``; ``--set parser.epochs=40``)."""
+
+    annotations: int = 0  # K annotated programs (stratified by family); 0 = every annotated question
+    epochs: int = 15  # supervised epochs over the annotated questions ...
+    min_steps: int = 500  # ... but at least this many optimiser steps (few annotations: more epochs)
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0
+    reinforce_epochs: int = 10  # after supervised training, when annotations > 0
+    reinforce_lr: float = 2e-4
+    reinforce_batch_size: int = 64  # questions per step
+    samples: int = 4  # sampled programs per question
+    reward: Reward = "answer"  # "answer": 1 if right, minus `baseline`; "release": 10 - QA loss, softmax
+    baseline_momentum: float = 0.9
+    # "answer" reward's baseline: "moving" (moving average of the mean reward) or "loo" (leave-one-out: the
+    # mean reward of the question's other samples, so only questions with both right and wrong samples move)
+    baseline: Baseline = "loo"
+    entropy_weight: float = 0.0
+    # self-training after REINFORCE, self_train_rounds times: label every training question with the most
+    # probable program that earns the reward (greedy, else a beam candidate; pseudo_label) and fit them, with
+    # the K annotations, for self_train_epochs supervised epochs at self_train_lr. A later round relabels with
+    # the sharper parser, so a phrasing whose labels were split between two programs settles on the right one.
+    self_train_epochs: int = 3
+    self_train_rounds: int = 2
+    self_train_lr: float = 5e-4
+    supervised_weight: float = 1.0  # REINFORCE steps also fit a batch of the K annotations
+    word_dropout: float = 0.0  # supervised: read ordinary words as <UNK> with this probability
+    # "new": a fresh parser; "load": continue from the parser of the --load checkpoint (e.g. more REINFORCE
+    # epochs with parser.epochs=0; the K annotations are drawn as before, with the same seed)
+    init: ParserInit = "new"
+    perception: RewardPerception = "model"  # reward executor: frozen NSCL of --load, or scene annotations
+    # CLEVR questions only refer to single objects unambiguously: a sampled program whose references hold
+    # exactly one object with probability below this (Output.referent_logp) earns no reward, however it
+    # answers, and execution-guided decoding (guided_beam > 0) rejects such parses. 0 turns the check off.
+    min_referent_p: float = MIN_REFERENT_P
+    guided_beam: int = GUIDED_BEAM  # evaluation and ask: beam of execution-guided decoding; 0 = off
+    model: ParserConfig = field(default_factory=ParserConfig)
+
+    def __post_init__(self) -> None:
+        check_options(self, "parser.")
+        if not 0.0 <= self.min_referent_p < 1.0:
+            raise ConfigError(f"parser.min_referent_p must be in [0, 1), not {self.min_referent_p}")
+        if self.guided_beam < 0:
+            raise ConfigError(f"parser.guided_beam must be >= 0, not {self.guided_beam}")
+        if self.self_train_epochs < 0 or self.self_train_rounds < 0:
+            raise ConfigError("parser.self_train_epochs and parser.self_train_rounds must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    training_target: TrainingTarget = "derender"
+    curriculum: Curriculum = "all"
+    # [(last reference epoch, max objects, max raw program length), ...] for a 100-epoch run, scaled to
+    # `epochs`; empty = the release's table (training/curriculum.py).
+    curriculum_table: tuple[tuple[int, int, int], ...] = ()
+    batch_size: int = 32  # questions per batch (grouped by image)
+    eval_batch_size: int = 256
+    epochs: int = 100
+    validation_interval: int = 5
+    save_interval: int = 5
+    data_split: float = 0.95  # fraction of training images kept for training; the rest is the dev split
+    data_trim: float = 0.0  # keep only this fraction (0 < f < 1) or this many (f >= 1) training questions
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    lr_decay_at: float = 0.6  # lr x 0.1 after this fraction of the epochs
+    # An epoch whose curriculum stage admits fewer questions than this repeats them (reshuffled) up to this
+    # many, so that short early lessons on small datasets still get enough optimisation steps.
+    min_questions_per_epoch: int = 0
+    image_height: int = 128
+    seed: int = 0
+    threads: int = 0  # torch CPU threads, 0 = default
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parser: ParserTrainConfig = field(default_factory=ParserTrainConfig)  # --training-target parser|all
+
+    def __post_init__(self) -> None:
+        check_options(self)
+        for name in ("batch_size", "eval_batch_size", "validation_interval", "save_interval", "image_height"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.epochs < 0:
+            raise ConfigError(f"epochs must be >= 0, not {self.epochs}")
+
+
+def builtin_configs() -> list[str]:
+    """Names of the configurations shipped in the package (``src/nscl/configs/*.json``)."""
+    from importlib import resources
+
+    root = resources.files("nscl").joinpath("configs")
+    return sorted(p.name[: -len(".json")] for p in root.iterdir() if p.name.endswith(".json"))
+
+
+def load_config(name_or_path: str | Path) -> TrainConfig:
+    """A :class:`TrainConfig` from a JSON file, or from a shipped configuration by name (``demo``, ``long``):
+    a path that exists wins; ``configs/NAME.json`` and ``NAME`` name the shipped one when no such file exists."""
+    from importlib import resources
+
+    from .errors import DataError
+    from .io import read_json
+
+    p = Path(name_or_path)
+    if not p.exists():
+        name = p.name[: -len(".json")] if p.name.endswith(".json") else p.name
+        if name in builtin_configs() and (p.parent in (Path("."), Path("configs"))):
+            text = resources.files("nscl").joinpath("configs", f"{name}.json").read_text(encoding="utf-8")
+            return from_json_text(text, f"nscl/configs/{name}.json")
+        raise DataError(
+            f"{name_or_path}: no such config file (shipped configs: {', '.join(builtin_configs())})"
+        )
+    data = read_json(p)
+    try:
+        return from_dict(TrainConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
+
+
+def from_json_text(text: str, source: str) -> TrainConfig:
+    import json
+
+    try:
+        return from_dict(TrainConfig, json.loads(text))
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None

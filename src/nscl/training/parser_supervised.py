@@ -1,0 +1,201 @@
+"""Supervised parser training: teacher forcing on annotated NS-CL programs (NSCL-REFERENCE section 7).
+
+Cross-entropy over ops and pointer positions (``Parser.teacher_forcing_loss``); with few annotations, K programs
+stratified over question families (:func:`stratified_subset`). Self-training fits pseudo-labels with the same
+:func:`train_supervised`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..domain import Domain
+from ..errors import NSCLError, ProgramError
+from ..inference.examples import ParserExample
+from ..models.parser import Parser
+from ..program import Program
+from ..run_config import ParserTrainConfig
+from ..vocab import SPECIALS as SPECIAL_WORDS
+from ..vocab import UNK, Vocab
+
+log = logging.getLogger(__name__)
+
+
+def stratified_subset(examples: Sequence[ParserExample], k: int, seed: int = 0) -> list[int]:
+    """Indices of ``k`` annotated examples spread evenly over question families (three per family for
+    K = 270 and CLEVR's 90 families): families are visited round-robin, each in a seeded random order."""
+    rng = np.random.default_rng([seed, 13])
+    by_family: dict[Any, list[int]] = defaultdict(list)
+    for i, e in enumerate(examples):
+        if e.program is not None:
+            by_family[e.family].append(i)
+    queues = [list(rng.permutation(v)) for _, v in sorted(by_family.items(), key=lambda kv: str(kv[0]))]
+    chosen: list[int] = []
+    while len(chosen) < k and any(queues):
+        for qu in queues:
+            if qu and len(chosen) < k:
+                chosen.append(int(qu.pop()))
+    return sorted(chosen)
+
+
+def build_vocab(examples: Sequence[ParserExample]) -> Vocab:
+    return Vocab.build(e.question for e in examples)
+
+
+@dataclass
+class Target:
+    ids: list[int]
+    slots: np.ndarray  # (L,)
+    masks: np.ndarray  # (L, F + T)
+    targets: np.ndarray  # (L, F + T)
+
+
+def build_targets(parser: Parser, examples: Sequence[ParserExample]) -> tuple[list[Target], list[int]]:
+    """Teacher-forcing targets of every annotated example, and the indices of those it skipped (unknown
+    words, programs the question cannot express)."""
+    items, skipped = [], []
+    for i, e in enumerate(examples):
+        if e.program is None:
+            skipped.append(i)
+            continue
+        enc, errs = parser.encode_questions([e.question], "unk")
+        q = enc.info[0]
+        try:
+            slots, masks, targets = parser.grammar.target(e.program, q, parser.cfg.max_length)
+        except ProgramError as err:
+            log.debug("question %d (%s): not a parser target: %s", e.index, e.question, err)
+            skipped.append(i)
+            continue
+        items.append(Target(enc.ids[0, : len(q)].tolist(), slots, masks, targets))
+    return items, skipped
+
+
+def collate(items: Sequence[Target], F_: int) -> dict[str, Tensor]:
+    B = len(items)
+    T = max(len(it.ids) for it in items)
+    L = max(len(it.slots) for it in items)
+    ids = torch.zeros(B, T, dtype=torch.long)
+    slots = torch.zeros(B, L, dtype=torch.long)
+    masks = torch.zeros(B, L, F_ + T, dtype=torch.bool)
+    targets = torch.zeros(B, L, F_ + T, dtype=torch.bool)
+    for b, it in enumerate(items):
+        t, l = len(it.ids), len(it.slots)
+        ids[b, :t] = torch.tensor(it.ids)
+        slots[b, :l] = torch.from_numpy(it.slots)
+        masks[b, :l, : F_ + t] = torch.from_numpy(it.masks)
+        targets[b, :l, : F_ + t] = torch.from_numpy(it.targets)
+    return {
+        "ids": ids,
+        "lengths": torch.tensor([len(it.ids) for it in items]),
+        "slots": slots,
+        "masks": masks,
+        "targets": targets,
+        "steps": torch.tensor([len(it.slots) for it in items]),
+    }
+
+
+def supervised_loss(parser: Parser, items: Sequence[Target], word_dropout: float = 0.0) -> Tensor:
+    """Mean per-program negative log-likelihood of a batch of targets. ``word_dropout``: each ordinary word
+    (not a lexicon class) is read as ``<UNK>`` with this probability, so that the parser copes with words it
+    never saw (``parse_many(..., unknown="unk")``)."""
+    device = parser.embed.weight.device
+    batch = collate(items, parser.grammar.num_fixed)
+    if word_dropout > 0:
+        ids = batch["ids"]
+        words = (ids >= len(SPECIAL_WORDS)) & (ids < len(parser.vocab))
+        ids[words & (torch.rand(ids.shape) < word_dropout)] = parser.vocab.index[UNK]
+    b = {k: v.to(device) for k, v in batch.items()}
+    return parser.teacher_forcing_loss(
+        b["ids"], b["lengths"], b["slots"], b["masks"], b["targets"], b["steps"]
+    ).mean()
+
+
+def make_optimizer(
+    params: Sequence[torch.nn.Parameter], lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(list(params), lr=lr, weight_decay=weight_decay)
+
+
+def train_supervised(
+    parser: Parser,
+    examples: Sequence[ParserExample],
+    cfg: ParserTrainConfig,
+    seed: int = 0,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
+    """Teacher forcing on the annotated ``examples`` for ``cfg.epochs`` epochs, or more to make at least
+    ``cfg.min_steps`` steps; returns per-epoch records (``train/parser_loss``). ``on_epoch(epoch, record)``
+    may add validation metrics to the record."""
+    items, skipped = build_targets(parser, examples)
+    if not items:
+        raise NSCLError("no annotated question can be used to train the parser")
+    if skipped:
+        log.info("parser: %d of %d questions are not usable targets", len(skipped), len(examples))
+    opt = make_optimizer(parser.parameters(), cfg.lr, cfg.weight_decay)
+    rng = np.random.default_rng([seed, 17])
+    history = []
+    steps_per_epoch = max(1, math.ceil(len(items) / cfg.batch_size))
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch)) if cfg.epochs > 0 else 0
+    sched = (
+        torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=max(1, epochs * steps_per_epoch), pct_start=0.1
+        )
+        if epochs > 0
+        else None
+    )
+    for epoch in range(1, epochs + 1):
+        parser.train()
+        order = rng.permutation(len(items))
+        tot, n = 0.0, 0
+        t0 = time.time()
+        for s in range(0, len(order), cfg.batch_size):
+            batch = [items[i] for i in order[s : s + cfg.batch_size]]
+            loss = supervised_loss(parser, batch, cfg.word_dropout)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parser.parameters(), cfg.grad_clip)
+            opt.step()
+            if sched is not None:
+                sched.step()
+            tot += float(loss.detach()) * len(batch)
+            n += len(batch)
+        rec = {"epoch": epoch, "train/parser_loss": tot / max(n, 1), "seconds": time.time() - t0}
+        if on_epoch is not None:
+            on_epoch(epoch, rec)
+        log.info(
+            "parser epoch %d: loss %.4f%s",
+            epoch,
+            rec["train/parser_loss"],
+            "".join(f", {k} {v:.4f}" for k, v in rec.items() if "/acc/" in k),
+        )
+        history.append(rec)
+    parser.eval()
+    return history
+
+
+def train_parser_on_pairs(
+    domain: Domain,
+    questions: Sequence[str],
+    programs: Sequence[Program],
+    cfg: ParserTrainConfig | None = None,
+    seed: int = 0,
+    extra_questions: Sequence[str] = (),
+) -> Parser:
+    """A new parser trained supervised on (question, program) pairs; its vocabulary also covers
+    ``extra_questions`` (e.g. the unannotated questions REINFORCE will see)."""
+    cfg = cfg or ParserTrainConfig()
+    examples = [ParserExample(q, 0, None, p) for q, p in zip(questions, programs)]
+    torch.manual_seed(seed)
+    parser = Parser(domain, Vocab.build(list(questions) + list(extra_questions)), cfg.model)
+    train_supervised(parser, examples, cfg, seed)
+    return parser
