@@ -56,7 +56,8 @@ def main() -> None:
         # Question engine alone, one process, on the scenes just generated.
         import numpy as np
 
-        from nscl.generate.questions import QuestionEngine, load_synonyms, load_templates
+        from nscl.generate.questions import QuestionEngine
+        from nscl.generate.template_files import load_synonyms, load_templates
         from nscl.symbolic import SceneFacts
 
         domain = builtin_domain()

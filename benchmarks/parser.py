@@ -42,7 +42,7 @@ from nscl.models.parser import Parser, ParserConfig
 from nscl.run_config import ParserTrainConfig
 from nscl.training.parser_supervised import build_vocab, stratified_subset, train_supervised
 from nscl.training.reinforce import train_reinforce
-from nscl.training.self_training import pseudo_label
+from nscl.training.self_training import PseudoLabels, self_train
 from nscl.vocab import tokenize
 
 
@@ -237,13 +237,23 @@ def main() -> None:
                 secs,
             )
             results["few+reinforce"] = {**m, "seconds": secs}
-            for rnd in range(1, args.self_train_rounds + 1):
-                t = time.time()
-                pl = pseudo_label(parser, train, scenes_train, args.guided_beam or 1, args.min_referent_p)
-                st_cfg = dataclasses.replace(few_cfg, epochs=args.self_train_epochs, min_steps=0, lr=5e-4)
-                train_supervised(parser, pl.examples + picked, st_cfg, args.seed + rnd)
-                secs = time.time() - t
+            # The library's self-training rounds (what `nscl train --parser-annotations K` runs), with the
+            # few-annotation batch size; each round is evaluated after its last epoch.
+            st_cfg = dataclasses.replace(
+                few_cfg, self_train_rounds=args.self_train_rounds, self_train_epochs=args.self_train_epochs
+            )
+            t_round = [time.time()]
+            labels: dict[int, PseudoLabels] = {}
+
+            def round_labels(rnd: int, pl: PseudoLabels) -> None:
+                labels[rnd] = pl
+
+            def round_epoch(rnd: int, epoch: int, rec: dict) -> None:
+                if epoch < args.self_train_epochs:
+                    return
+                secs = time.time() - t_round[0]
                 m = evaluate_parser(parser, val, "heldout", scenes_val, **guided)
+                pl = labels[rnd]
                 report(
                     f"+ self-training round {rnd}: {pl.greedy} greedy and {pl.beam} beam labels, "
                     f"{pl.missed} questions unlabelled, {args.self_train_epochs} epochs",
@@ -251,6 +261,9 @@ def main() -> None:
                     secs,
                 )
                 results[f"few+reinforce+self{rnd}"] = {**m, "seconds": secs}
+                t_round[0] = time.time()
+
+            self_train(parser, train, scenes_train, picked, st_cfg, args.seed, round_labels, round_epoch)
 
     # 3. held-out phrasings
     if not args.skip_phrasing:

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from nscl.domain import Domain, load_domain
-from nscl.generate.questions import QuestionEngine, load_synonyms, load_templates
+from nscl.generate.questions import QuestionEngine
+from nscl.generate.template_files import load_synonyms, load_templates
 from nscl.symbolic import SceneFacts
 
 CLEVR_SECONDS_PER_SCENE = 0.41

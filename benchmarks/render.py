@@ -18,22 +18,14 @@ from pathlib import Path
 import numpy as np
 
 try:
-    from nscl.generate.render import (
-        RenderObject,
-        clevr_camera,
-        clevr_lamps,
-        render,
-        render_ids,
-    )
+    from nscl.generate.camera import clevr_camera, clevr_lamps
+    from nscl.generate.geometry import RenderObject
+    from nscl.generate.render import render, render_ids
 except ImportError:  # running from a source checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from nscl.generate.render import (
-        RenderObject,
-        clevr_camera,
-        clevr_lamps,
-        render,
-        render_ids,
-    )
+    from nscl.generate.camera import clevr_camera, clevr_lamps
+    from nscl.generate.geometry import RenderObject
+    from nscl.generate.render import render, render_ids
 
 
 def random_objects(rng: np.random.Generator, n: int) -> list[RenderObject]:

@@ -24,7 +24,6 @@ from nscl.data import SplitPaths, load_split
 from nscl.domain import builtin_domain
 from nscl.inference.dataset import QADataset
 from nscl.inference.evaluate import evaluate
-from nscl.run_config import TrainConfig
 from nscl.training.trainer import build_optimizer, train_one_epoch
 
 RELEASE_TRAIN_QPS = 4.0
@@ -36,7 +35,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--batches", type=int, default=40)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--config", default=None, help="TrainConfig JSON (default: configs/demo.json)")
+    ap.add_argument("--config", default="demo", help="TrainConfig JSON file or a shipped config's name")
     ap.add_argument(
         "--run-dir", default=None, help="also report time-to-accuracy from this run's metrics.jsonl"
     )
@@ -60,13 +59,9 @@ def main() -> None:
         data_dir = Path(tmp) / "train"
     else:
         data_dir = Path(args.data_dir)
-    from nscl.config import from_dict
-    from nscl.io import read_json
+    from nscl.run_config import load_config
 
-    cfg_path = (
-        Path(args.config) if args.config else Path(__file__).resolve().parents[1] / "configs" / "demo.json"
-    )
-    cfg = from_dict(TrainConfig, read_json(cfg_path)) if cfg_path.exists() else TrainConfig()
+    cfg = load_config(args.config)
     cfg = dataclasses.replace(cfg, min_questions_per_epoch=0)  # time exactly the batches below
     ds = QADataset(load_split(SplitPaths.resolve(data_dir), domain), domain, cfg.image_height)
     torch.manual_seed(0)
@@ -87,7 +82,7 @@ def main() -> None:
     evaluate(model, ds, sub, torch.device("cpu"), "bench", cfg.eval_batch_size, concepts=False)
     eval_qps = len(sub) / (time.perf_counter() - t)
     print(
-        f"config {cfg_path.name}: image height {cfg.image_height}, batch {cfg.batch_size} questions, "
+        f"config {args.config}: image height {cfg.image_height}, batch {cfg.batch_size} questions, "
         f"torch threads {torch.get_num_threads()}"
     )
     print(

@@ -28,8 +28,10 @@ from nscl.cli import main
 from nscl.data import SplitPaths, load_split
 from nscl.domain import Domain
 from nscl.generate import pipeline
+from nscl.generate.camera import project
+from nscl.generate.geometry import RenderObject
 from nscl.generate.pipeline import GenerateConfig, generate_dataset
-from nscl.generate.render import RenderObject, project, render_ids
+from nscl.generate.render import render_ids
 from nscl.generate.scene import COGENT, SceneConfig, sample_scene
 from nscl.verify import verify_questions
 

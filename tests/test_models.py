@@ -92,7 +92,9 @@ def test_unknown_backbone_is_rejected(domain):
     from nscl.config import ConfigError
 
     # rejected when the config is built, before any model exists
-    with pytest.raises(ConfigError, match="model.perception.backbone.*'vgg' is not one of 'small', 'resnet34'"):
+    with pytest.raises(
+        ConfigError, match="model.perception.backbone.*'vgg' is not one of 'small', 'resnet34'"
+    ):
         Perception(PerceptionConfig(backbone="vgg"))
 
 

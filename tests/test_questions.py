@@ -18,14 +18,8 @@ import pytest
 from conftest import FAMILY_RANGES
 from nscl.domain import Domain, builtin_domain
 from nscl.errors import DataError
-from nscl.generate.questions import (
-    CLEVR_FILE_ORDER,
-    GeneratedQuestion,
-    QuestionEngine,
-    Template,
-    load_synonyms,
-    load_templates,
-)
+from nscl.generate.questions import GeneratedQuestion, QuestionEngine
+from nscl.generate.template_files import CLEVR_FILE_ORDER, Template, load_synonyms, load_templates
 from nscl.program import ClevrNode, ClevrProgram, translate
 from nscl.symbolic import Invalid, SceneFacts, execute_clevr, execute_clevr_outputs, execute_nscl
 

@@ -1,4 +1,4 @@
-"""Tests for the NumPy ray caster (nscl.generate.render) on tiny images."""
+"""Tests for the NumPy ray caster (nscl.generate.camera / geometry / render) on tiny images."""
 
 from __future__ import annotations
 
@@ -8,17 +8,16 @@ import numpy as np
 import pytest
 
 from nscl.generate import render as rmod
-from nscl.generate.render import (
+from nscl.generate.camera import (
     BASE_CAMERA_POSITION,
     Camera,
-    RenderObject,
     clevr_camera,
     clevr_lamps,
     ground_directions,
     project,
-    render,
-    render_ids,
 )
+from nscl.generate.geometry import RenderObject
+from nscl.generate.render import render, render_ids
 
 W, H = 64, 48
 RED = (173 / 255, 35 / 255, 35 / 255)

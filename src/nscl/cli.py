@@ -403,135 +403,22 @@ def _demo_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Generate (train, and val with another seed), train, evaluate, print the tables and where things are."""
-    import time
-    from pathlib import Path
+    from .demo import DemoConfig, run_demo
 
-    from .data import SplitPaths
-    from .device import resolve_device
-    from .domain import builtin_domain
-    from .generate.pipeline import GenerateConfig, generate_dataset
-    from .inference.evaluate import evaluate_checkpoint
-    from .metrics import format_table
-    from .run_config import load_config
-    from .training.fit_parser import fit_parser
-    from .training.trainer import fit_nscl
-
-    t0 = time.time()
-    domain = builtin_domain()
-    root = Path(args.data_dir)
-    common = dict(width=args.width, height=args.height, workers=0)
-    log.info(
-        "[1/5] generating %d train images (seed %d) and %d held-out val images (seed %d) in %s",
-        args.train_images,
-        args.seed,
-        args.val_images,
-        args.seed + 1,
-        root,
+    return run_demo(
+        DemoConfig(
+            data_dir=args.data_dir,
+            run_dir=args.run_dir,
+            config=args.config,
+            train_images=args.train_images,
+            val_images=args.val_images,
+            width=args.width,
+            height=args.height,
+            seed=args.seed,
+            device=args.device,
+            progress=not args.no_progress,
+        )
     )
-    generate_dataset(
-        GenerateConfig(out=str(root / "train-set"), seed=args.seed, train_images=args.train_images, **common),
-        domain,
-        progress=not args.no_progress,
-    )
-    generate_dataset(
-        GenerateConfig(out=str(root / "val-set"), seed=args.seed + 1, val_images=args.val_images, **common),
-        domain,
-        progress=not args.no_progress,
-    )
-    t_gen = time.time() - t0
-    cfg = load_config(args.config)
-    device = resolve_device(args.device)
-    train_paths = SplitPaths.resolve(root / "train-set" / "train")
-    val_paths = SplitPaths.resolve(root / "val-set" / "val")
-    log.info(
-        "[2/5] training (%s, %d epochs) on %s",
-        args.config,
-        cfg.epochs,
-        device,
-    )
-    res = fit_nscl(cfg, domain, train_paths, args.run_dir, device, progress=not args.no_progress)
-    log.info("[3/5] evaluating on the held-out val split")
-    metrics = evaluate_checkpoint(res.checkpoint, val_paths, None, device, progress=False, data_split=0.0)
-    print()
-    print("QA accuracy on the held-out val split (test mode):")
-    print(format_table({k: v for k, v in metrics.items() if "/acc/qa" in k}, "validation"))
-    print()
-    print("Concept classification (paper's Table 2), held-out val split:")
-    print(format_table({k: v for k, v in metrics.items() if "/acc/qa" not in k}, "validation"))
-    print()
-    # Parser: supervised on the training programs, starting from the trained model; then ask in English.
-    import dataclasses
-
-    from .data import read_questions, read_scenes
-    from .inference.ask import ask
-
-    log.info("[4/5] training the semantic parser (%d epochs) on the training questions", cfg.parser.epochs)
-    pcfg = dataclasses.replace(cfg, training_target="parser")
-    pres = fit_parser(
-        pcfg,
-        domain,
-        train_paths,
-        Path(args.run_dir) / "parser",
-        device,
-        val_paths,
-        init=str(res.checkpoint),
-        progress=not args.no_progress,
-    )
-    print()
-    print(
-        "Semantic parser on the held-out val split (exact program match; QA with parsed vs given programs):"
-    )
-    keys = ("validationextra/acc/program_exact", "validationextra/acc/qa_parsed", "validationextra/acc/qa")
-    print(format_table({k: v for k, v in pres.metrics.items() if k in keys}, "validationextra"))
-    log.info("[5/5] asking questions about a held-out image")
-    scene = read_scenes(val_paths.scenes, domain)[0]
-    stored = [q for q in read_questions(val_paths.questions, domain) if q.image_index == scene.image_index][
-        :3
-    ]
-    image = val_paths.images / scene.image_filename
-    # One question of our own, answered from the scene annotation. (A bare "How many objects are there?" is
-    # nearly absent from the generated training data: 2 of the demo's 30,000 questions.)
-    n_spheres = sum(o.attributes.get("shape") == "sphere" for o in scene.objects)
-    for text, truth in [
-        *((q.question, q.answer) for q in stored),
-        ("How many spheres are there?", str(n_spheres)),
-    ]:
-        print()
-        try:
-            result = ask(
-                pres.checkpoint,
-                image,
-                text,
-                scene_json=val_paths.scenes,
-                index=scene.image_index,
-                device=device,
-            )
-        except NSCLError as e:  # an unparsable question is reported, not fatal
-            print(f"Question: {text}\n{e}")
-            continue
-        print(result.format_trace())
-        print(f"(ground truth: {truth})")
-    import resource
-
-    peak = max(
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-    )
-    print()
-    print(
-        f"generation {t_gen:.0f}s, training {res.seconds:.0f}s, parser {pres.seconds:.0f}s, "
-        f"total {time.time() - t0:.0f}s, peak memory {peak / 2**20:.2f} GiB (largest process)"
-    )
-    print(
-        f"checkpoint: {pres.checkpoint} (model and parser)\nlog:        {res.run.log}\n"
-        f"metrics:    {res.run.metrics}\ncurves:     {res.run.curves}"
-    )
-    print(
-        f"ask your own: nscl ask --load {pres.checkpoint} --image {image} --scene-json {val_paths.scenes} "
-        f'--index {scene.image_index} "How many large cubes are there?"'
-    )
-    return 0
 
 
 _register("demo", "the main job: generate data, train, evaluate, print the tables", _demo_flags, "cmd_demo")

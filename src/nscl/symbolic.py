@@ -3,6 +3,10 @@
 Values: an object set is a sorted tuple of object indices, an object is an int, counts are ints, booleans are
 bools, attribute values are concept strings. A program that needs a unique object where there is none, or
 several, is *invalid* (:class:`Invalid`), as in CLEVR's engine.
+
+It is authoritative for data: ``nscl execute`` (``verify.py``) checks every stored answer with it, and the
+generator's question engine reads scenes through its :class:`SceneFacts`. The model's
+executor (soft, batched, on logits) is ``models/executor.py``.
 """
 
 from __future__ import annotations

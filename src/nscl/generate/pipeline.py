@@ -117,8 +117,9 @@ def _save_png(path: Path, image: np.ndarray) -> None:
 
 def run_chunk(job: ChunkJob) -> dict:
     """Render and question one chunk; returns its scene and question records."""
-    from .questions import QuestionEngine, load_synonyms, load_templates
+    from .questions import QuestionEngine
     from .render import render
+    from .template_files import load_synonyms, load_templates
 
     cfg, domain = job.cfg, job.domain
     scfg = SceneConfig(

@@ -1,5 +1,11 @@
 """CLEVR's question engine, re-implemented: template instantiation by randomised depth-first search.
 
+This module owns the engine (:class:`QuestionEngine`: template order, answer balancing, the search, the
+degeneracy test, the question text) and its result, :class:`GeneratedQuestion`. Template and synonym files
+are loaded by :mod:`nscl.generate.template_files`, prepared for the search by
+:mod:`nscl.generate.template_compiler`, and evaluated on a per-scene bit-mask index from
+:mod:`nscl.generate.scene_index`.
+
 The algorithm is CLEVR's (CLEVR-FACTS section 4); only the data structures differ, for speed:
 
 * templates are tried in the order of how many questions each has produced so far (a stable sort, so ties
@@ -44,183 +50,25 @@ Differences from CLEVR's code, all deliberate:
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
-from importlib.abc import Traversable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..domain import BOOL, INTEGER, OBJECT, Domain
-from ..errors import DataError, where
+from ..domain import Domain
 from ..program import ClevrNode, ClevrProgram
 from ..symbolic import SceneFacts
+from .scene_index import INVALID, Op, _make_ops, _SceneIndex
+from .template_compiler import _FILTER, _PLAIN, _CNode, _compile_template, _CTemplate
+from .template_files import Template, load_synonyms, load_templates
 
-__all__ = [
-    "CLEVR_FILE_ORDER",
-    "GeneratedQuestion",
-    "QuestionEngine",
-    "Template",
-    "load_synonyms",
-    "load_templates",
-]
+# load_synonyms / load_templates live in template_files; re-exported here for benchmarks/beam.py.
+__all__ = ["GeneratedQuestion", "QuestionEngine", "load_synonyms", "load_templates"]
 
-# CLEVR's template files in the order that gives the global question_family_index 0-89.
-CLEVR_FILE_ORDER = (
-    "compare_integer",
-    "comparison",
-    "three_hop",
-    "single_and",
-    "same_relate",
-    "single_or",
-    "one_hop",
-    "two_hop",
-    "zero_hop",
-)
-CONSTRAINT_TYPES = ("NULL", "OUT_NEQ", "NEQ")
 TRIVIAL_FRACTION = 0.1  # share of "trivial" relate_filter options kept (CLEVR's trivial_frac)
-_FILTER_COMPOSITES = ("filter", "filter_unique", "filter_count", "filter_exist")
-_RELATE_COMPOSITES = tuple("relate_" + c for c in _FILTER_COMPOSITES)
 _OPTIONAL = re.compile(r"\[([^\[]*)\]")
-
-
-# --------------------------------------------------------------------------------------------- templates
-@dataclass(frozen=True)
-class Template:
-    """One question family: phrasings, program template, parameter slots and constraints (CLEVR format).
-
-    ``family`` is the global family index (CLEVR's ``question_family_index``), ``index_in_file`` the position
-    inside ``filename``.
-    """
-
-    family: int
-    filename: str
-    index_in_file: int
-    text: tuple[str, ...]
-    nodes: tuple[dict, ...]
-    params: tuple[dict, ...]
-    constraints: tuple[dict, ...]
-
-    @property
-    def where(self) -> str:
-        return f"{self.filename}: template {self.index_in_file}"
-
-
-def _template_dir(directory: Path | None) -> Traversable:
-    if directory is None:
-        return resources.files("nscl").joinpath("generate", "templates")
-    return Path(directory)
-
-
-def load_templates(directory: Path | None = None) -> list[Template]:
-    """Load every ``*.json`` template file of ``directory`` (None: the packaged templates).
-
-    Files named in :data:`CLEVR_FILE_ORDER` come first in that order, then any other file sorted by name;
-    families are numbered consecutively in that order, so CLEVR's nine files give CLEVR's global families
-    0-89. Raises :class:`DataError` naming the file and template index on malformed input.
-    """
-    root = _template_dir(directory)
-    if not root.is_dir():
-        raise DataError(f"{root}: template directory not found")
-    files = {f.name: f for f in root.iterdir() if f.name.endswith(".json") and f.is_file()}
-    first = [f"{n}.json" for n in CLEVR_FILE_ORDER if f"{n}.json" in files]
-    names = first + sorted(set(files) - set(first))
-    if not names:
-        raise DataError(f"{root}: no template files (*.json)")
-    out: list[Template] = []
-    for name in names:
-        try:
-            data = json.loads(files[name].read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DataError(f"{where(name)}cannot read template file: {e}") from None
-        if not isinstance(data, list):
-            raise DataError(f"{where(name)}a template file must hold a JSON list of templates")
-        for i, raw in enumerate(data):
-            out.append(_parse_template(raw, name, i, len(out)))
-    return out
-
-
-def _parse_template(raw: object, filename: str, index: int, family: int) -> Template:
-    loc = f"{filename}: template {index}"
-
-    def bad(msg: str) -> DataError:
-        return DataError(f"{loc}: {msg}")
-
-    if not isinstance(raw, Mapping):
-        raise bad("a template must be a JSON object")
-    text, nodes, params = raw.get("text"), raw.get("nodes"), raw.get("params")
-    constraints = raw.get("constraints", [])
-    if not isinstance(text, list) or not text or not all(isinstance(t, str) and t.strip() for t in text):
-        raise bad("'text' must be a non-empty list of phrasings")
-    if not isinstance(params, list) or not all(
-        isinstance(p, Mapping) and isinstance(p.get("name"), str) and isinstance(p.get("type"), str)
-        for p in params
-    ):
-        raise bad("'params' must be a list of {name, type} objects")
-    names = [p["name"] for p in params]
-    if len(set(names)) != len(names):
-        raise bad("duplicate parameter names")
-    if not isinstance(nodes, list) or not nodes:
-        raise bad("'nodes' must be a non-empty list")
-    for k, n in enumerate(nodes):
-        if not isinstance(n, Mapping) or not isinstance(n.get("type"), str):
-            raise bad(f"node {k}: missing 'type'")
-        inputs = n.get("inputs", [])
-        if not isinstance(inputs, list) or not all(
-            isinstance(j, int) and not isinstance(j, bool) and 0 <= j < k for j in inputs
-        ):
-            raise bad(f"node {k} ({n['type']}): 'inputs' must list earlier node indices")
-        side = n.get("side_inputs", [])
-        if not isinstance(side, list) or not all(isinstance(s, str) and s in names for s in side):
-            raise bad(f"node {k} ({n['type']}): 'side_inputs' must name declared parameters")
-    if not isinstance(constraints, list):
-        raise bad("'constraints' must be a list")
-    for k, c in enumerate(constraints):
-        if not isinstance(c, Mapping) or c.get("type") not in CONSTRAINT_TYPES:
-            raise bad(f"constraint {k}: type must be one of {', '.join(CONSTRAINT_TYPES)}")
-        ps = c.get("params")
-        if c["type"] == "NULL":
-            ok = isinstance(ps, list) and len(ps) == 1 and ps[0] in names
-        elif c["type"] == "NEQ":
-            ok = isinstance(ps, list) and len(ps) == 2 and all(p in names for p in ps)
-        else:
-            ok = (
-                isinstance(ps, list)
-                and len(ps) == 2
-                and all(isinstance(j, int) and not isinstance(j, bool) and 0 <= j < len(nodes) for j in ps)
-            )
-        if not ok:
-            raise bad(f"constraint {k} ({c['type']}): bad 'params' {ps!r}")
-    return Template(
-        family=family,
-        filename=filename,
-        index_in_file=index,
-        text=tuple(text),
-        nodes=tuple(dict(n) for n in nodes),
-        params=tuple(dict(p) for p in params),
-        constraints=tuple(dict(c) for c in constraints),
-    )
-
-
-def load_synonyms(path: Path | None = None) -> dict[str, list[str]]:
-    """The synonym table (word -> surface forms); None: the packaged ``generate/synonyms.json``."""
-    src: Traversable = (
-        resources.files("nscl").joinpath("generate", "synonyms.json") if path is None else Path(path)
-    )
-    try:
-        data = json.loads(src.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{where(src)}cannot read synonyms: {e}") from None
-    if not isinstance(data, dict) or not all(
-        isinstance(k, str) and isinstance(v, list) and v and all(isinstance(s, str) for s in v)
-        for k, v in data.items()
-    ):
-        raise DataError(f"{where(src)}synonyms must map each word to a non-empty list of strings")
-    return {k: list(v) for k, v in data.items()}
 
 
 # --------------------------------------------------------------------------------------------- results
@@ -239,194 +87,6 @@ class GeneratedQuestion:
     family: int
     template_filename: str
     params: tuple[tuple[str, str], ...] = ()
-
-
-# --------------------------------------------------------------------------------------------- scene index
-class _Invalid:
-    """Marker for an invalid node output (CLEVR's ``__INVALID__``)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "INVALID"
-
-
-INVALID: Any = _Invalid()
-
-
-class _SceneIndex:
-    """Per-scene precomputation: object sets as bit masks, masked attribute keys, relation masks."""
-
-    def __init__(self, facts: SceneFacts, domain: Domain) -> None:
-        n = facts.n
-        self.n = n
-        self.full = (1 << n) - 1
-        self.value: dict[str, list[str]] = {}
-        self.vmask: dict[str, dict[str, int]] = {}
-        self.same: dict[str, list[int]] = {}
-        for a in domain.attributes:
-            vals = [str(o.get(a.name, "")) for o in facts.attributes]
-            masks: dict[str, int] = {}
-            for i, v in enumerate(vals):
-                masks[v] = masks.get(v, 0) | (1 << i)
-            self.value[a.name] = vals
-            self.vmask[a.name] = masks
-            self.same[a.name] = [masks[v] & ~(1 << i) for i, v in enumerate(vals)]
-        self.rel_names = tuple(domain.relation_concepts)
-        self.rel: dict[str, list[int]] = {}
-        for r in self.rel_names:
-            lists = facts.relations.get(r)
-            masks_r = [0] * n
-            if lists is not None:
-                for i in range(min(n, len(lists))):
-                    m = 0
-                    for j in lists[i]:
-                        m |= 1 << j
-                    masks_r[i] = m
-            self.rel[r] = masks_r
-        self._keys: dict[tuple[str, ...], list[tuple[tuple, int]]] = {}
-        self._filter_cache: dict[tuple, tuple[list, int]] = {}
-        self._relate_cache: dict[tuple, tuple[list, list]] = {}
-
-    def keys(self, attrs: tuple[str, ...]) -> list[tuple[tuple, int]]:
-        """Every masked key (a value or None per attribute) that matches an object, with its object set."""
-        got = self._keys.get(attrs)
-        if got is None:
-            table: dict[tuple, int] = {}
-            k = len(attrs)
-            columns = [self.value[a] for a in attrs]
-            for i in range(self.n):
-                full = [c[i] for c in columns]
-                bit = 1 << i
-                for m in range(1 << k):
-                    key = tuple(full[j] if (m >> j) & 1 else None for j in range(k))
-                    table[key] = table.get(key, 0) | bit
-            got = self._keys[attrs] = list(table.items())
-        return got
-
-    def mask_of(self, attrs: tuple[str, ...], key: Sequence[str | None]) -> int:
-        m = self.full
-        for a, v in zip(attrs, key):
-            if v is not None:
-                m &= self.vmask[a].get(v, 0)
-        return m
-
-    def filter_options(self, x: int, attrs: tuple[str, ...], kind: str) -> tuple[list, int]:
-        """CLEVR's filter options for input set ``x``: (key, subset) pairs and how many random keys to add."""
-        ck = (x, attrs, kind)
-        got = self._filter_cache.get(ck)
-        if got is None:
-            opts = [(k, x & m) for k, m in self.keys(attrs)]
-            if kind == "unique":
-                opts = [(k, s) for k, s in opts if s and not s & (s - 1)]
-                extra = 0
-            else:
-                if kind == "":  # plain filter: no all-None key
-                    none = (None,) * len(attrs)
-                    opts = [(k, s) for k, s in opts if k != none]
-                if kind == "exist":
-                    extra = len(opts)
-                else:  # filter, count: as many random keys as there are singleton options
-                    extra = sum(1 for _, s in opts if s and not s & (s - 1))
-            got = self._filter_cache[ck] = (opts, extra)
-        return got
-
-    def relate_options(self, obj: int, attrs: tuple[str, ...], kind: str) -> tuple[list, list]:
-        """CLEVR's relate_filter options of object ``obj``: (non-trivial, trivial) lists of
-        (relation, key, subset); trivial = the subset is the key's whole object set."""
-        ck = (obj, attrs, kind)
-        got = self._relate_cache.get(ck)
-        if got is None:
-            unique = kind == "unique"
-            include_zero = kind in ("count", "exist")
-            opts: list = []
-            trivial: list = []
-            keys = self.keys(attrs)
-            for r in self.rel_names:
-                related = self.rel[r][obj]
-                for k, fm in keys:
-                    s = related & fm
-                    if unique:
-                        if not s or s & (s - 1):
-                            continue
-                    elif not s and not include_zero:
-                        continue
-                    (trivial if s == fm else opts).append((r, k, s))
-            got = self._relate_cache[ck] = (opts, trivial)
-        return got
-
-
-# --------------------------------------------------------------------------------------------- plain ops
-Op = Callable[[_SceneIndex, list, Any], Any]
-
-
-def _op_unique(sc: _SceneIndex, a: list, v: Any) -> Any:
-    x = a[0]
-    if x and not x & (x - 1):
-        return x.bit_length() - 1
-    return INVALID
-
-
-def _make_ops(domain: Domain) -> dict[str, Op]:
-    """Bit-mask implementations of every plain CLEVR function of the domain."""
-    ops: dict[str, Op] = {
-        "scene": lambda sc, a, v: sc.full,
-        "unique": _op_unique,
-        "relate": lambda sc, a, v: sc.rel[v][a[0]],
-        "union": lambda sc, a, v: a[0] | a[1],
-        "intersect": lambda sc, a, v: a[0] & a[1],
-        "count": lambda sc, a, v: a[0].bit_count(),
-        "exist": lambda sc, a, v: a[0] != 0,
-        "equal_integer": lambda sc, a, v: a[0] == a[1],
-        "less_than": lambda sc, a, v: a[0] < a[1],
-        "greater_than": lambda sc, a, v: a[0] > a[1],
-        "equal_object": lambda sc, a, v: a[0] == a[1],
-    }
-    for attr in domain.attributes:
-        n = attr.name
-        ops[f"filter_{n}"] = lambda sc, a, v, n=n: a[0] & sc.vmask[n].get(v, 0)
-        ops[f"query_{n}"] = lambda sc, a, v, n=n: sc.value[n][a[0]]
-        ops[f"same_{n}"] = lambda sc, a, v, n=n: sc.same[n][a[0]]
-        ops[f"equal_{n}"] = lambda sc, a, v: a[0] == a[1]
-    return ops
-
-
-# --------------------------------------------------------------------------------------------- compiled
-_PLAIN, _FILTER, _RELATE = 0, 1, 2
-
-
-@dataclass(frozen=True)
-class _CNode:
-    """A template node prepared for the search."""
-
-    kind: int
-    function: str
-    inputs: tuple[int, ...]
-    op: Op | None = None  # plain nodes
-    side_param: str | None = None  # plain nodes with one parameter
-    side_values: tuple[str, ...] = ()
-    suffix: str = ""  # composites: "", "unique", "count", "exist"
-    rel_param: str | None = None  # relate_filter*
-    filter_params: tuple[str, ...] = ()
-    filter_attrs: tuple[str, ...] = ()
-    filter_values: tuple[tuple[str, ...], ...] = ()  # concepts per filter attribute
-    unset: tuple[str, ...] = ()  # value of each filter parameter when left unset ("" or the wildcard)
-    null_params: tuple[str, ...] = ()  # parameters of this node that must stay unset
-    out_neq: tuple[int, ...] = ()  # template nodes whose output must differ from this node's
-    neq: tuple[tuple[str, str], ...] = ()  # NEQ pairs decided once this node is expanded
-
-
-@dataclass(frozen=True)
-class _CTemplate:
-    template: Template
-    nodes: tuple[_CNode, ...]
-    answers: tuple[str, ...]  # the whole answer domain, normalised
-    has_relate: bool
-    other_pairs: tuple[tuple[str, str], ...]  # "other" heuristic pairs, empty when it does not apply
-    unset_values: Mapping[str, str]
-    # memo_keys[t]: the template nodes before t whose outputs determine the search below t, or None where
-    # sub-problems at t are not memoised
-    memo_keys: tuple[tuple[int, ...] | None, ...]
 
 
 def _lazy_shuffle(a: list, rnd: Callable[[], float]) -> Iterator:
@@ -508,138 +168,12 @@ class QuestionEngine:
         self.max_states = max_states
         self.memoize = memoize
         self._ops = _make_ops(domain)
-        self._compiled = tuple(self._compile(t) for t in self.templates)
+        self._compiled = tuple(_compile_template(t, domain, self._ops) for t in self.templates)
         self._scenes_seen = 0
         self._counts = _Counts()
         self.reset_counts()
         #: number of states visited by the last search (for benchmarks and tests)
         self.last_states = 0
-
-    # ------------------------------------------------------------------------------------ compilation
-    def _compile(self, t: Template) -> _CTemplate:
-        dom = self.domain
-
-        def bad(msg: str) -> DataError:
-            return DataError(f"{t.where}: {msg}")
-
-        ptype: dict[str, str] = {p["name"]: p["type"] for p in t.params}
-        pattr: dict[str, Any] = {}
-        for name, ty in ptype.items():
-            try:
-                pattr[name] = dom.attribute_of_type(ty)
-            except ValueError:
-                raise bad(f"parameter {name}: the domain has no value type {ty!r}") from None
-        unset = {name: (a.wildcard or "") if a in dom.attributes else "" for name, a in pattr.items()}
-        null_of: dict[int, list[str]] = {}
-        neq_of: dict[int, list[tuple[str, str]]] = {}
-        out_neq_of: dict[int, list[int]] = {}
-        setter: dict[str, int] = {}
-        for k, n in enumerate(t.nodes):
-            for p in n.get("side_inputs", []):
-                setter.setdefault(p, k)
-        for c in t.constraints:
-            ps = c["params"]
-            if c["type"] == "NULL":
-                if ps[0] in setter:
-                    null_of.setdefault(setter[ps[0]], []).append(ps[0])
-            elif c["type"] == "NEQ":
-                if ps[0] in setter and ps[1] in setter:
-                    neq_of.setdefault(max(setter[ps[0]], setter[ps[1]]), []).append((ps[0], ps[1]))
-            else:
-                i, j = ps
-                if i != j:
-                    out_neq_of.setdefault(max(i, j), []).append(min(i, j))
-                else:  # a node always equals itself: CLEVR's check always fails
-                    out_neq_of.setdefault(i, []).append(i)
-
-        types: list[str] = []
-        cnodes: list[_CNode] = []
-        for k, n in enumerate(t.nodes):
-            fn = n["type"]
-            sig = dom.clevr_functions.get(fn)
-            if sig is None:
-                raise bad(f"node {k}: unknown function {fn!r}")
-            inputs = tuple(n.get("inputs", []))
-            side = tuple(n.get("side_inputs", []))
-            if len(inputs) != len(sig.inputs):
-                raise bad(f"node {k} ({fn}): expects {len(sig.inputs)} input(s), got {len(inputs)}")
-            for j, want in zip(inputs, sig.inputs):
-                if types[j] != want:
-                    raise bad(f"node {k} ({fn}): input node {j} gives {types[j]}, not {want}")
-            common = {
-                "function": fn,
-                "inputs": inputs,
-                "null_params": tuple(null_of.get(k, ())),
-                "out_neq": tuple(out_neq_of.get(k, ())),
-                "neq": tuple(neq_of.get(k, ())),
-            }
-            if fn in _FILTER_COMPOSITES or fn in _RELATE_COMPOSITES:
-                relate = fn.startswith("relate_")
-                rel_param = None
-                fparams = side
-                if relate:
-                    if not side or pattr[side[0]] not in dom.relations:
-                        raise bad(f"node {k} ({fn}): the first side input must be a relation")
-                    rel_param, fparams = side[0], side[1:]
-                fattrs = []
-                for p in fparams:
-                    if pattr[p] not in dom.attributes:
-                        raise bad(f"node {k} ({fn}): side input {p} is not an object attribute")
-                    fattrs.append(pattr[p])
-                if len({a.name for a in fattrs}) != len(fattrs):
-                    raise bad(f"node {k} ({fn}): an attribute appears twice in the side inputs")
-                suffix = fn.rsplit("filter", 1)[1].lstrip("_")
-                cnodes.append(
-                    _CNode(
-                        kind=_RELATE if relate else _FILTER,
-                        suffix=suffix,
-                        rel_param=rel_param,
-                        filter_params=fparams,
-                        filter_attrs=tuple(a.name for a in fattrs),
-                        filter_values=tuple(a.concepts for a in fattrs),
-                        unset=tuple(unset[p] for p in fparams),
-                        **common,
-                    )
-                )
-            else:
-                if len(side) != len(sig.params) or len(side) > 1:
-                    raise bad(f"node {k} ({fn}): expects {len(sig.params)} side input(s), got {len(side)}")
-                side_param, side_values = None, ()
-                if side:
-                    side_param = side[0]
-                    a = pattr[side_param]
-                    if a.type_name != sig.params[0]:
-                        raise bad(f"node {k} ({fn}): side input {side_param} must be a {sig.params[0]}")
-                    side_values = a.concepts
-                cnodes.append(
-                    _CNode(
-                        kind=_PLAIN,
-                        op=self._ops[fn],
-                        side_param=side_param,
-                        side_values=side_values,
-                        **common,
-                    )
-                )
-            types.append(sig.output)
-
-        final = types[-1]
-        if final == BOOL:
-            answers: tuple[str, ...] = ("yes", "no")
-        elif final == INTEGER:
-            answers = tuple(str(i) for i in range(dom.max_count + 1))
-        elif final in (OBJECT, "ObjectSet"):
-            raise bad(f"the last node ({t.nodes[-1]['type']}) gives no answer")
-        else:
-            answers = dom.attribute_of_type(final).concepts
-        return _CTemplate(
-            template=t,
-            nodes=tuple(cnodes),
-            answers=answers,
-            has_relate=any(n["type"] == "relate" for n in t.nodes),
-            other_pairs=_other_pairs(t, pattr, dom),
-            unset_values=unset,
-            memo_keys=_memo_keys(t, cnodes),
-        )
 
     # ------------------------------------------------------------------------------------ counts
     def reset_counts(self) -> None:
@@ -907,36 +441,6 @@ class QuestionEngine:
         return text[:1].upper() + text[1:]
 
 
-def _memo_keys(t: Template, cnodes: Sequence[_CNode]) -> tuple[tuple[int, ...] | None, ...]:
-    """For each template node t: the earlier template nodes whose outputs are all that the search from t on
-    depends on (inputs of later nodes, OUT_NEQ partners); None where memoising is not safe.
-
-    The answer-balancing limit is fixed during one search, so a sub-search that found nothing finds nothing
-    again from the same outputs, up to its own random draws (CLEVR's random extra filter keys and sampled
-    trivial relate options). With a raw ``relate`` node (degeneracy test) every earlier output is part of the
-    key, and nodes with values downstream of a relate must lie inside the sub-search."""
-    T = len(cnodes)
-    if any(c["type"] == "NEQ" for c in t.constraints):
-        return (None,) * T
-    has_relate = any(n.function == "relate" for n in cnodes)
-    below_relate = [False] * T
-    for k, n in enumerate(cnodes):
-        below_relate[k] = any(cnodes[j].function == "relate" or below_relate[j] for j in n.inputs)
-    out_neq = [(min(j, k), k) for k, n in enumerate(cnodes) for j in n.out_neq]
-    keys: list[tuple[int, ...] | None] = []
-    for s in range(T):
-        if has_relate:
-            unsafe = any(
-                below_relate[k] and (cnodes[k].kind != _PLAIN or cnodes[k].side_param) for k in range(s)
-            )
-            keys.append(None if unsafe else tuple(range(s)))
-            continue
-        need = {j for k in range(s, T) for j in cnodes[k].inputs if j < s}
-        need |= {a for a, b in out_neq if a < s <= b}
-        keys.append(tuple(sorted(need)))
-    return tuple(keys)
-
-
 def _other_heuristic(text: str, vals: Mapping[str, str], ct: _CTemplate) -> str:
     """CLEVR's "other" rule: when the two object descriptions set one attribute to two different values,
     the second object cannot be the first, so " other " is dropped and " another " becomes " a "."""
@@ -948,19 +452,6 @@ def _other_heuristic(text: str, vals: Mapping[str, str], ct: _CTemplate) -> str:
         if va != unset[a] and vb != unset[b] and va != vb:
             return text.replace(" other ", " ").replace(" another ", " a ")
     return text
-
-
-def _other_pairs(t: Template, pattr: Mapping[str, Any], dom: Domain) -> tuple[tuple[str, str], ...]:
-    """CLEVR's "other" heuristic applies to templates whose parameters are exactly one object description
-    ``<X>`` and a second one ``<X2>`` (CLEVR: Z, C, M, S and Z2, C2, M2, S2); returns the (X, X2) pairs."""
-    names = {p["name"] for p in t.params}
-    base = sorted(n for n in names if not any(ch.isdigit() for ch in n))
-    if not base or any(pattr[n] not in dom.attributes for n in base):
-        return ()
-    pairs = tuple((n, n[:-1] + "2>") for n in base if n.endswith(">"))
-    if len(pairs) != len(base) or names != set(base) | {b for _, b in pairs}:
-        return ()
-    return pairs
 
 
 def _degenerate(

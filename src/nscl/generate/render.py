@@ -1,22 +1,20 @@
-"""Analytic, vectorised NumPy ray caster for CLEVR-like scenes.
+"""Vectorised NumPy ray caster for CLEVR-like scenes: shading and the image / object-id entry points.
 
-Renders spheres, cylinders (flat caps) and z-rotated cubes resting on a grey studio floor that curves
-up into a backdrop behind the objects, lit by three area lamps (key, fill, back) with soft stochastic
-shadows plus an ambient term. Rubber is matte Lambertian with a faint Fresnel sheen; metal is a tinted,
-slightly blurred one-bounce mirror with GGX highlights. Cube and cylinder edges get a cheap normal
-bevel (the silhouette stays the exact box / cylinder, so the object-id buffer matches the image).
+Renders the objects of :mod:`nscl.generate.geometry` (spheres, cylinders, z-rotated cubes on a studio floor
+that curves up into a backdrop) seen by a :mod:`nscl.generate.camera` camera, lit by three area lamps (key,
+fill, back) with soft stochastic shadows plus an ambient term. Rubber is matte Lambertian with a faint
+Fresnel sheen; metal is a tinted, slightly blurred one-bounce mirror with GGX highlights. This module owns
+the look parameters, the lamp precomputation, shadows, ambient occlusion, reflections, the sRGB output,
+and the two entry points: ``render`` (supersampled image plus object ids) and ``render_ids`` (ids only).
 
 Everything is vectorised over rays. Vectors are stored component-first: an array of shape (3, ...)
-holds x, y, z in rows 0, 1, 2, which keeps NumPy's element-wise work contiguous. Each object is only
-intersected with the rays inside its projected screen rectangle, and shadow rays are only cast for
-shading points inside a conservative screen-space bound of each (lamp, object) shadow volume.
+holds x, y, z in rows 0, 1, 2, which keeps NumPy's element-wise work contiguous. The image is traced in
+bands of rows (at most ``_MAX_RAYS_PER_BAND`` rays each); each object is only intersected with the rays
+inside its projected screen rectangle, and shadow rays are only cast for shading points inside a
+conservative screen-space bound of each (lamp, object) shadow volume.
 
 Dimension key: H, W image size in pixels; S supersampling factor; h, w a band of the (H*S, W*S)
 subsample grid; N, M flat ray counts; K shadow samples per lamp.
-
-Conventions (CLEVR / Blender): z-up world, camera aimed at ``look_at`` with world z as up, horizontal
-focal length ``max(W, H) * lens_mm / sensor_mm`` pixels (Blender's auto sensor fit), pixel (i, j) covers
-x in [i, i+1) from the left and y in [j, j+1) from the top.
 """
 
 from __future__ import annotations
@@ -27,40 +25,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-Vec3 = tuple[float, float, float]
-
-__all__ = [
-    "BASE_CAMERA_POSITION",
-    "Camera",
-    "Lamp",
-    "RenderObject",
-    "RenderResult",
-    "clevr_camera",
-    "clevr_lamps",
-    "ground_directions",
-    "project",
-    "render",
-    "render_ids",
-]
-
-BASE_CAMERA_POSITION: Vec3 = (7.4811, -6.5076, 5.3437)
-
-# CLEVR base-scene lamps: (position, radius, intensity (Blender 3.4 watts), colour); key, fill, back.
-_BASE_LAMPS: tuple[tuple[Vec3, float, float, Vec3], ...] = (
-    ((6.4467, -2.9052, 4.2584), 0.5, 100.0, (1.0, 0.932, 0.817)),
-    ((-4.6711, -4.0136, 3.0112), 0.5, 30.0, (0.762, 0.818, 1.0)),
-    ((-1.1685, 2.646, 5.8157), 1.0, 50.0, (1.0, 1.0, 1.0)),
+from .camera import Camera, Lamp, _basis, _clip_rows, _grid_rect, _ray_dirs
+from .geometry import (
+    _CUBE,
+    RenderObject,
+    _aabb_corners,
+    _Backdrop,
+    _Geom,
+    _geoms,
+    _intersect,
+    _normal,
+    _object_rects,
+    _trace_primary,
 )
-_CAMERA_JITTER = 0.5
-_LAMP_JITTER = 1.0
 
-_SHAPES = ("sphere", "cube", "cylinder")
-_MATERIALS = ("rubber", "metal")
+__all__ = ["RenderResult", "render", "render_ids"]
 
 # ---- look parameters (tuned against the real CLEVR samples) -------------------------------------------
 _GROUND_ALBEDO = 0.8  # Blender's default grey diffuse
-_BACKDROP_START = 7.0  # distance behind the origin (along the camera's ground view direction) where
-_BACKDROP_RADIUS = 8.0  # the floor starts curving up (quarter cylinder of this radius) into a wall
 _EXPOSURE = 0.07  # linear radiance scale applied before the sRGB transfer curve
 _AMBIENT = 2.3  # ambient irradiance on an up-facing surface (multi-bounce studio light), lamp units
 _AMBIENT_TILT = 0.3  # object ambient falls by this fraction from up- to side-facing, twice that facing down
@@ -75,58 +57,11 @@ _METAL_DIFFUSE = 0.08  # small diffuse share of metal (Blender's blurred glossy 
 _ESCAPE_RADIANCE = 0.4  # radiance seen by reflection rays that leave the scene (near-black world)
 _AO_STRENGTH = 0.9  # how much of the ambient an object resting on the floor removes right under it
 _AO_SCALE_CUBE = 1.15  # occluding-sphere radius of a cube relative to its half-side
-_BEVEL = 0.12  # cube / cylinder edge bevel radius as a fraction of the object size
 _SHADOW_EPS = 1e-4  # shadow rays ignore hits at parameter t < eps (segment from point to lamp is t=0..1)
 _MAX_RAYS_PER_BAND = 1 << 20
 
 
 # ---- public dataclasses --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Camera:
-    """Pinhole camera at ``position`` aimed at ``look_at``; world z is up.
-
-    ``lens_mm`` / ``sensor_mm`` set the field of view; the sensor spans the larger image side
-    (Blender's auto fit), so for landscape images the focal length is ``W * lens_mm / sensor_mm`` px.
-    """
-
-    position: Vec3
-    look_at: Vec3 = (0.0, 0.0, 0.0)
-    lens_mm: float = 35.0
-    sensor_mm: float = 32.0
-
-
-@dataclass(frozen=True)
-class Lamp:
-    """Disk area lamp facing the world origin.
-
-    ``radius`` is the disk radius (world units), ``intensity`` a relative power (CLEVR: key 100, fill 30,
-    back 50) and ``color`` a linear RGB tint.
-    """
-
-    position: Vec3
-    radius: float
-    intensity: float
-    color: Vec3
-
-
-@dataclass(frozen=True)
-class RenderObject:
-    """One CLEVR object.
-
-    ``shape`` is "cube", "sphere" or "cylinder"; ``center`` is (x, y, z) with z = size (resting on the
-    floor); ``size`` is the half extent (cube half-side, sphere radius, cylinder radius and half-height);
-    ``rotation`` is in radians about +z; ``color`` is linear RGB in [0, 1]; ``material`` is "rubber" or
-    "metal".
-    """
-
-    shape: str
-    center: Vec3
-    size: float
-    rotation: float
-    color: Vec3
-    material: str
 
 
 @dataclass(frozen=True)
@@ -144,385 +79,7 @@ class RenderResult:
     object_ids: np.ndarray
 
 
-# ---- scene presets -------------------------------------------------------------------------------------
-
-
-def clevr_lamps(rng: np.random.Generator | None = None) -> tuple[Lamp, ...]:
-    """CLEVR's key, fill and back lamps; each coordinate jittered by U(-1, 1) when ``rng`` is given."""
-    lamps = []
-    for pos, radius, intensity, color in _BASE_LAMPS:
-        p = np.asarray(pos, dtype=np.float64)
-        if rng is not None:
-            p = p + rng.uniform(-_LAMP_JITTER, _LAMP_JITTER, size=3)
-        lamps.append(Lamp(_vec3(p), radius, intensity, color))
-    return tuple(lamps)
-
-
-def clevr_camera(rng: np.random.Generator | None = None) -> Camera:
-    """CLEVR's camera aimed at the origin; position jittered by U(-0.5, 0.5) per axis when ``rng`` given."""
-    p = np.asarray(BASE_CAMERA_POSITION, dtype=np.float64)
-    if rng is not None:
-        p = p + rng.uniform(-_CAMERA_JITTER, _CAMERA_JITTER, size=3)
-    return Camera(position=_vec3(p))
-
-
-def _vec3(a: np.ndarray) -> Vec3:
-    return (float(a[0]), float(a[1]), float(a[2]))
-
-
-# ---- camera --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class _Basis:
-    pos: np.ndarray  # (3,) float64
-    right: np.ndarray  # (3,) camera +X
-    up: np.ndarray  # (3,) camera +Y
-    fwd: np.ndarray  # (3,) view direction (camera -Z)
-
-
-def _basis(camera: Camera) -> _Basis:
-    pos = np.asarray(camera.position, dtype=np.float64)
-    fwd = np.asarray(camera.look_at, dtype=np.float64) - pos
-    norm = np.linalg.norm(fwd)
-    if norm < 1e-12:
-        raise ValueError("camera position and look_at coincide")
-    fwd = fwd / norm
-    right = np.cross(fwd, np.array([0.0, 0.0, 1.0]))
-    if np.linalg.norm(right) < 1e-9:  # looking straight up or down: pick world +x as right
-        right = np.array([1.0, 0.0, 0.0])
-    right = right / np.linalg.norm(right)
-    up = np.cross(right, fwd)
-    return _Basis(pos, right, up, fwd)
-
-
-def _focal_px(camera: Camera, width: int, height: int) -> float:
-    return max(width, height) * camera.lens_mm / camera.sensor_mm
-
-
-def _project_continuous(
-    camera: Camera, points: np.ndarray, width: int, height: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(K, 3) world points -> continuous pixel x, y (from the top) and view-axis depth, each (K,)."""
-    b = _basis(camera)
-    rel = np.asarray(points, dtype=np.float64).reshape(-1, 3) - b.pos  # (K, 3)
-    xc, yc, depth = rel @ b.right, rel @ b.up, rel @ b.fwd
-    f = _focal_px(camera, width, height)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x = width / 2 + f * xc / depth
-        y = height / 2 - f * yc / depth
-    return x, y, depth
-
-
-def project(
-    camera: Camera, points: np.ndarray, width: int, height: int, *, round_pixels: bool = True
-) -> np.ndarray:
-    """Project world points to CLEVR ``pixel_coords``.
-
-    Args:
-        points: (np.ndarray[K, 3]) world coordinates.
-        round_pixels: round x, y like CLEVR (``round(u*W)``, ``round(H - v*H)``); False keeps the
-            continuous coordinates (pixel (i, j) spans [i, i+1) x [j, j+1)).
-
-    Returns:
-        (np.ndarray[K, 3], float64) columns x_px, y_px (from the top) and depth along the view axis.
-    """
-    x, y, depth = _project_continuous(camera, points, width, height)
-    if round_pixels:
-        x, y = np.round(x), np.round(y)
-    return np.stack([x, y, depth], axis=-1)
-
-
-def ground_directions(camera: Camera) -> dict[str, list[float]]:
-    """CLEVR ``directions``: unit ground-plane vectors for the camera's view.
-
-    behind = ground projection of the view direction (camera -Z), left = of camera -X, right and front
-    their negations, above = +z, below = -z. For CLEVR's constants pass the un-jittered camera
-    (``clevr_camera(None)``): the original generator reads the base orientation for every scene.
-    """
-    b = _basis(camera)
-
-    def ground(v: np.ndarray) -> np.ndarray:
-        g = np.array([v[0], v[1], 0.0])
-        n = np.linalg.norm(g)
-        return g / n if n > 1e-12 else g
-
-    behind = ground(b.fwd)
-    left = ground(-b.right)
-    dirs = {
-        "behind": behind,
-        "front": -behind,
-        "left": left,
-        "right": -left,
-        "above": np.array([0.0, 0.0, 1.0]),
-        "below": np.array([0.0, 0.0, -1.0]),
-    }
-    return {k: [float(c) for c in v] for k, v in dirs.items()}
-
-
-# ---- geometry ------------------------------------------------------------------------------------------
-
-_SPHERE, _CUBE, _CYLINDER = 0, 1, 2
-
-
-@dataclass(frozen=True, eq=False)
-class _Geom:
-    kind: int
-    cx: float
-    cy: float
-    cz: float
-    size: float
-    cos: float
-    sin: float
-    bevel: float
-    bound: float  # bounding-sphere radius about the centre
-    color: np.ndarray  # (3,) float32
-    metal: bool
-
-
-def _geoms(objects: Sequence[RenderObject]) -> list[_Geom]:
-    out = []
-    for o in objects:
-        if o.shape not in _SHAPES:
-            raise ValueError(f"unknown shape {o.shape!r}; expected one of {_SHAPES}")
-        if o.material not in _MATERIALS:
-            raise ValueError(f"unknown material {o.material!r}; expected one of {_MATERIALS}")
-        if not o.size > 0:
-            raise ValueError(f"object size must be positive, got {o.size}")
-        kind = _SHAPES.index(o.shape)
-        s = float(o.size)
-        bound = {_SPHERE: s, _CUBE: s * math.sqrt(3.0), _CYLINDER: s * math.sqrt(2.0)}[kind]
-        out.append(
-            _Geom(
-                kind=kind,
-                cx=float(o.center[0]),
-                cy=float(o.center[1]),
-                cz=float(o.center[2]),
-                size=s,
-                cos=math.cos(o.rotation),
-                sin=math.sin(o.rotation),
-                bevel=_BEVEL * s,
-                bound=bound * 1.001,
-                color=np.asarray(o.color, dtype=np.float32),
-                metal=o.material == "metal",
-            )
-        )
-    return out
-
-
-def _aabb_corners(g: _Geom) -> np.ndarray:
-    """(8, 3) corners of the object's axis-aligned bounding box."""
-    ext = g.size * (abs(g.cos) + abs(g.sin)) if g.kind == _CUBE else g.size
-    sx = np.array([-ext, ext])
-    sz = np.array([-g.size, g.size])
-    c = np.array(np.meshgrid(sx, sx, sz, indexing="ij")).reshape(3, -1).T
-    return c + np.array([g.cx, g.cy, g.cz])
-
-
-def _intersect(g: _Geom, o: np.ndarray, d: np.ndarray, tmin: float) -> np.ndarray:
-    """Ray parameter of the first hit with t > tmin (rays starting outside the object), else inf.
-
-    Args:
-        o: (np.ndarray[3, ...]) ray origins (broadcastable against ``d``).
-        d: (np.ndarray[3, ...]) ray directions (need not be unit length).
-
-    Returns:
-        (np.ndarray[...], float32) t.
-    """
-    qx, qy, qz = o[0] - g.cx, o[1] - g.cy, o[2] - g.cz
-    dx, dy, dz = d[0], d[1], d[2]
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        if g.kind == _SPHERE:
-            a = dx * dx + dy * dy + dz * dz
-            b = qx * dx + qy * dy + qz * dz
-            c = qx * qx + qy * qy + qz * qz - g.size * g.size
-            disc = b * b - a * c
-            t = (-b - np.sqrt(np.maximum(disc, 0.0))) / a
-            ok = (disc >= 0) & (t > tmin)
-        elif g.kind == _CUBE:
-            h = g.size
-            # rotate into the cube frame (by -rotation about z)
-            lx, ly = g.cos * qx + g.sin * qy, -g.sin * qx + g.cos * qy
-            ex, ey = g.cos * dx + g.sin * dy, -g.sin * dx + g.cos * dy
-            tnear = tfar = None
-            for oc, dc in ((lx, ex), (ly, ey), (qz, dz)):
-                inv = 1.0 / np.where(np.abs(dc) < 1e-12, 1e-12, dc)
-                t1, t2 = (-h - oc) * inv, (h - oc) * inv
-                lo, hi = np.minimum(t1, t2), np.maximum(t1, t2)
-                tnear = lo if tnear is None else np.maximum(tnear, lo)
-                tfar = hi if tfar is None else np.minimum(tfar, hi)
-            t = tnear
-            ok = (tnear <= tfar) & (tnear > tmin)
-        else:  # cylinder, axis z
-            r, h = g.size, g.size
-            a = dx * dx + dy * dy
-            b = qx * dx + qy * dy
-            c = qx * qx + qy * qy - r * r
-            disc = b * b - a * c
-            sq = np.sqrt(np.maximum(disc, 0.0))
-            vertical = a < 1e-12
-            a_safe = np.where(vertical, 1.0, a)
-            ts0 = np.where(vertical, -np.inf, (-b - sq) / a_safe)
-            ts1 = np.where(vertical, np.inf, (-b + sq) / a_safe)
-            inv = 1.0 / np.where(np.abs(dz) < 1e-12, 1e-12, dz)
-            t1, t2 = (-h - qz) * inv, (h - qz) * inv
-            tnear = np.maximum(ts0, np.minimum(t1, t2))
-            tfar = np.minimum(ts1, np.maximum(t1, t2))
-            side_ok = np.where(vertical, c <= 0, disc >= 0)
-            t = tnear
-            ok = side_ok & (tnear <= tfar) & (tnear > tmin)
-    return np.where(ok, t, np.float32(np.inf)).astype(np.float32, copy=False)
-
-
-def _normal(g: _Geom, p: np.ndarray) -> np.ndarray:
-    """(np.ndarray[3, M]) unit outward normals at surface points ``p`` (3, M), with edge bevels."""
-    px, py, pz = p[0] - g.cx, p[1] - g.cy, p[2] - g.cz
-    if g.kind == _SPHERE:
-        n = np.stack([px, py, pz])
-    elif g.kind == _CUBE:
-        inner = g.size - g.bevel
-        lx, ly = g.cos * px + g.sin * py, -g.sin * px + g.cos * py
-        qx = np.sign(lx) * np.maximum(np.abs(lx) - inner, 0.0)
-        qy = np.sign(ly) * np.maximum(np.abs(ly) - inner, 0.0)
-        qz = np.sign(pz) * np.maximum(np.abs(pz) - inner, 0.0)
-        n = np.stack([g.cos * qx - g.sin * qy, g.sin * qx + g.cos * qy, qz])
-    else:
-        inner = g.size - g.bevel
-        rad = np.sqrt(px * px + py * py)
-        qr = np.maximum(rad - inner, 0.0) / np.maximum(rad, 1e-12)
-        qz = np.sign(pz) * np.maximum(np.abs(pz) - inner, 0.0)
-        n = np.stack([px * qr, py * qr, qz])
-    return n / np.maximum(np.sqrt((n * n).sum(0)), 1e-12)
-
-
-@dataclass(frozen=True, eq=False)
-class _Backdrop:
-    """Floor z=0 for s < s0, quarter cylinder (axis horizontal, radius R) for s0 <= s <= s0+R, then a
-    vertical wall at s = s0+R, where s is the coordinate along the horizontal unit vector (bx, by)."""
-
-    bx: float
-    by: float
-    s0: float
-    radius: float
-
-    @staticmethod
-    def for_camera(camera: Camera) -> _Backdrop:
-        behind = ground_directions(camera)["behind"]
-        if abs(behind[0]) + abs(behind[1]) < 1e-9:
-            behind = [0.0, 1.0, 0.0]
-        return _Backdrop(behind[0], behind[1], _BACKDROP_START, _BACKDROP_RADIUS)
-
-    def intersect(self, o: np.ndarray, d: np.ndarray, tmin: float) -> np.ndarray:
-        """(np.ndarray[...], float32) first hit t > tmin of rays (3, ...) from inside the room, else inf."""
-        s0, rr = self.s0, self.radius
-        so = o[0] * self.bx + o[1] * self.by
-        ds = d[0] * self.bx + d[1] * self.by
-        oz, dz = o[2], d[2]
-        inf = np.float32(np.inf)
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            tf = -oz / dz
-            tf = np.where((dz < 0) & (tf > tmin) & (so + tf * ds <= s0), tf, inf)
-            qs, qz = so - s0, oz - rr
-            a = ds * ds + dz * dz
-            b = qs * ds + qz * dz
-            c = qs * qs + qz * qz - rr * rr
-            disc = b * b - a * c
-            ta = (-b + np.sqrt(np.maximum(disc, 0.0))) / a  # exit of the circle = the concave arc
-            sa, za = so + ta * ds, oz + ta * dz
-            ta = np.where((disc >= 0) & (ta > tmin) & (sa >= s0) & (sa <= s0 + rr) & (za <= rr), ta, inf)
-            tw = (s0 + rr - so) / ds
-            tw = np.where((ds > 0) & (tw > tmin) & (oz + tw * dz >= rr), tw, inf)
-        return np.minimum(np.minimum(tf, ta), tw).astype(np.float32, copy=False)
-
-    def normal(self, p: np.ndarray) -> np.ndarray:
-        """(np.ndarray[3, ...]) unit normals (into the room) at surface points ``p`` (3, ...)."""
-        s = p[0] * self.bx + p[1] * self.by
-        sc = np.clip(s, self.s0, self.s0 + self.radius)
-        zc = np.minimum(p[2], self.radius)
-        ns = (self.s0 - sc) / self.radius
-        nz = (self.radius - zc) / self.radius
-        n = np.stack([ns * self.bx, ns * self.by, nz])
-        return n / np.maximum(np.sqrt((n * n).sum(0)), 1e-12)
-
-
-# ---- primary rays --------------------------------------------------------------------------------------
-
-
-def _ray_dirs(camera: Camera, width: int, height: int, ss: int, rows: tuple[int, int]) -> np.ndarray:
-    """(np.ndarray[3, h, W*S], float32) unit directions through subsample centres of grid rows [r0, r1)."""
-    b = _basis(camera)
-    f = _focal_px(camera, width, height)
-    xs = (np.arange(width * ss, dtype=np.float64) + 0.5) / ss
-    ys = (np.arange(rows[0], rows[1], dtype=np.float64) + 0.5) / ss
-    cx = ((xs - width / 2) / f)[None, :]  # (1, w)
-    cy = ((height / 2 - ys) / f)[:, None]  # (h, 1)
-    d = b.fwd[:, None, None] + b.right[:, None, None] * cx + b.up[:, None, None] * cy  # (3, h, w)
-    d /= np.sqrt((d * d).sum(0))
-    return d.astype(np.float32)
-
-
-def _grid_rect(
-    camera: Camera, pts: np.ndarray, width: int, height: int, ss: int
-) -> tuple[int, int, int, int]:
-    """Subsample-grid rectangle (y0, y1, x0, x1), end-exclusive, that covers the convex hull of ``pts``
-    (K, 3) on screen; the whole grid if any point is not in front of the camera."""
-    gw, gh = width * ss, height * ss
-    x, y, depth = _project_continuous(camera, pts, width, height)
-    if not np.all(depth > 1e-3) or not np.all(np.isfinite(x) & np.isfinite(y)):
-        return 0, gh, 0, gw
-    # subsample i has its centre at (i + 0.5) / ss pixels
-    x0 = max(0, math.floor(x.min() * ss - 0.5) - 1)
-    x1 = min(gw, math.ceil(x.max() * ss - 0.5) + 2)
-    y0 = max(0, math.floor(y.min() * ss - 0.5) - 1)
-    y1 = min(gh, math.ceil(y.max() * ss - 0.5) + 2)
-    return y0, max(y0, y1), x0, max(x0, x1)
-
-
-def _clip_rows(rect: tuple[int, int, int, int], r0: int, r1: int) -> tuple[int, int, int, int] | None:
-    """Rect clipped to grid rows [r0, r1) and shifted to band coordinates; None if empty."""
-    y0, y1, x0, x1 = rect
-    y0, y1 = max(y0, r0) - r0, min(y1, r1) - r0
-    if y1 <= y0 or x1 <= x0:
-        return None
-    return y0, y1, x0, x1
-
-
-def _trace_primary(
-    geoms: list[_Geom],
-    rects: list[tuple[int, int, int, int]],
-    origin: np.ndarray,
-    d: np.ndarray,
-    rows: tuple[int, int],
-    backdrop: _Backdrop | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest hits of camera rays ``d`` (3, h, w).
-
-    Returns:
-        t (np.ndarray[h, w], float32; inf for no hit) and ids (np.ndarray[h, w], int16; -1 = no object).
-    """
-    o = origin.reshape(3, 1, 1)
-    if backdrop is None:
-        t = np.full(d.shape[1:], np.inf, dtype=np.float32)
-    else:
-        t = backdrop.intersect(o, d, 0.0)
-    ids = np.full(d.shape[1:], -1, dtype=np.int16)
-    for k, (g, rect) in enumerate(zip(geoms, rects)):
-        r = _clip_rows(rect, *rows)
-        if r is None:
-            continue
-        y0, y1, x0, x1 = r
-        tk = _intersect(g, o, d[:, y0:y1, x0:x1], 0.0)
-        t_view, id_view = t[y0:y1, x0:x1], ids[y0:y1, x0:x1]
-        closer = tk < t_view
-        np.copyto(t_view, tk, where=closer)
-        id_view[closer] = k
-    return t, ids
-
-
-def _object_rects(
-    geoms: list[_Geom], camera: Camera, width: int, height: int, ss: int
-) -> list[tuple[int, int, int, int]]:
-    return [_grid_rect(camera, _aabb_corners(g), width, height, ss) for g in geoms]
+# ---- object-id buffer ----------------------------------------------------------------------------------
 
 
 def render_ids(objects: Sequence[RenderObject], camera: Camera, width: int, height: int) -> np.ndarray:

@@ -15,16 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..domain import Domain
-from .render import (
-    Camera,
-    Lamp,
-    RenderObject,
-    clevr_camera,
-    clevr_lamps,
-    ground_directions,
-    project,
-    render_ids,
-)
+from .camera import Camera, Lamp, clevr_camera, clevr_lamps, ground_directions, project
+from .geometry import RenderObject
+from .render import render_ids
 
 # CLEVR-CoGenT (CLEVR-FACTS section 5): allowed colours per shape; sphere takes every colour.
 COGENT = {

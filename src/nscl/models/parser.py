@@ -407,7 +407,7 @@ class Parser(nn.Module):
         L = self.cfg.max_length
         out: list[list[DecodeState]] = [[] for _ in enc_q.info]
         todo = [b for b in range(len(enc_q.info)) if skip is None or not skip[b]]
-        if not todo or beam_size < 1:
+        if not todo or beam_size < 1 or n_best < 1:
             return out
         infos = [enc_q.info[b] for b in todo]
         Bq, T = len(todo), max(len(q) for q in infos)

@@ -1,7 +1,8 @@
 """A straightforward per-question executor in the release's design: one question at a time, one node at a
 time, an if/elif chain over ops, and concept similarities computed from the object features inside each op
 (the release queries its embedding modules per op). Same formulas as :mod:`executor`; it is the naive
-reference in tests and in ``benchmarks/executor.py``. Do not use it for training."""
+reference in tests and in ``benchmarks/executor.py``. Do not use it for training: the authoritative executor is
+``models/executor.py``."""
 
 from __future__ import annotations
 
