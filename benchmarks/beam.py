@@ -112,10 +112,16 @@ def main() -> None:
         new = parser.beam_candidates(enc_q, args.beam, args.n_best)
         new_s.append(time.perf_counter() - t)
     assert old is not None and new is not None
-    same = sum(
-        [s.actions for s in a] == [s.actions for s in b] and [s.failed for s in a] == [s.failed for s in b]
-        for a, b in zip(old, new)
-    )
+    same = reordered = 0
+    gap = 0.0  # largest score difference between the two at a position where they differ
+    for a, b in zip(old, new):
+        ka = [(tuple(s.actions), s.failed) for s in a]
+        kb = [(tuple(s.actions), s.failed) for s in b]
+        if ka == kb:
+            same += 1
+            continue
+        reordered += sorted(ka) == sorted(kb)
+        gap = max([gap] + [abs(x.score - y.score) for x, y, u, v in zip(a, b, ka, kb) if u != v])
     diff = max((abs(x.score - y.score) for a, b in zip(old, new) for x, y in zip(a, b)), default=0.0)
     n_cand = sum(len(c) for c in new)
     n_failed = sum(s.failed for c in new for s in c)
@@ -126,7 +132,12 @@ def main() -> None:
         f"beam {args.beam}, n_best {args.n_best}, max_length {parser.cfg.max_length}"
     )
     print(f"candidates: {n_cand} ({n_failed} failed); identical per question: {same}/{len(pairs)}")
-    print(f"largest score difference: {diff:.2e}")
+    if same < len(pairs):
+        print(
+            f"  differing: {len(pairs) - same} ({reordered} the same candidates in another order); largest "
+            f"score gap where they differ: {gap:.2e} (near-ties: float rounding of batched vs single GEMMs)"
+        )
+    print(f"largest score difference (same position): {diff:.2e}")
     print("per-question (s): " + ", ".join(f"{s:.2f}" for s in old_s))
     print("batched      (s): " + ", ".join(f"{s:.2f}" for s in new_s))
     m_old, m_new = statistics.median(old_s), statistics.median(new_s)

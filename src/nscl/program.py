@@ -6,7 +6,8 @@ under ``function`` or ``type``, value inputs under ``value_inputs`` or ``side_in
 
 NS-CL programs (NSCL-REFERENCE section 6) merge consecutive filters into one ``filter`` with several concepts,
 drop ``unique`` (object-typed inputs take sets), and fold the intermediate ``query_*``/``count`` of comparisons
-into ``query_attribute_equal`` and ``count_equal``/``count_less``/``count_greater``.
+into ``query_attribute_equal`` and ``count_equal``/``count_less``/``count_greater``. They print in a readable
+nested form (:meth:`Program.to_str`), which :func:`program_from_str` reads back.
 """
 
 from __future__ import annotations
