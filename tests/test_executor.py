@@ -466,3 +466,48 @@ def test_referent_logp_on_hand_scene(domain, hand_batch):
         assert got[("query(relate)", img)] == pytest.approx(two, rel=1e-5)
         both = math.log(p_exactly_one(red[img])) + math.log(p_exactly_one(cube[img]))
         assert got[("equal_color", img)] == pytest.approx(both, rel=1e-5)
+
+
+def test_scene_logits_image_cat_detach_to(domain):
+    """SceneLogits.image slices one image, cat pads objects back (padding masked), detach cuts the graph."""
+    from nscl.models.executor import SceneLogits
+
+    scene = hand_scene(domain)  # B = 2 images
+    n0 = int(scene.mask[0].sum())
+    one = scene.image(0, n0)
+    assert one.concept.shape == (1, n0, scene.concept.shape[-1]) and one.same.shape[-2:] == (n0, n0)
+    assert torch.equal(one.concept[0], scene.concept[0, :n0])
+    both = SceneLogits.cat([one, scene.image(1)])
+    N = scene.mask.shape[1]
+    assert both.concept.shape == scene.concept.shape and both.relation.shape == scene.relation.shape
+    assert torch.equal(both.mask[0], torch.arange(N) < n0)  # padded objects are masked out
+    assert torch.equal(both.concept[1], scene.concept[1])
+    # executing on the re-assembled batch gives the answers of the original one
+    progs = [Program((Node("scene"), Node("count", (0,)))), Program((Node("scene"), Node("exist", (0,))))]
+    batch = ProgramBatch.collate([Compiler(domain)(p) for p in progs], [0, 1])
+    a = Executor(domain)(batch, scene, quantize=True)
+    b = Executor(domain)(batch, both, quantize=True)
+    assert torch.equal(a.scalar, b.scalar)
+    x = scene.concept.clone().requires_grad_(True)
+    grad_scene = SceneLogits(x, scene.query, scene.same, scene.relation, scene.mask)
+    assert grad_scene.concept.requires_grad and not grad_scene.detach().concept.requires_grad
+    assert grad_scene.detach().mask is scene.mask
+    assert scene.to("cpu").concept.device.type == "cpu"
+
+
+def test_answer_kinds_are_the_enum(domain):
+    from nscl.models.executor import AnswerKind, AnswerKinds
+
+    kinds = AnswerKinds(domain)
+    assert kinds.of_answer(domain, "yes") == (AnswerKind.BOOL, 1)
+    assert kinds.of_answer(domain, "3") == (AnswerKind.INTEGER, 3)
+    color = domain.attribute_names.index("color")
+    red = domain.attribute("color").concepts.index("red")
+    assert kinds.of_answer(domain, "red") == (AnswerKind.ATTRIBUTE + color, red)
+    assert kinds.attribute_of(AnswerKind.ATTRIBUTE + color) == "color"
+    for answer in ("yes", "no", "0", "7", "red", "cube", "metal", "large"):
+        assert kinds.decode(domain, *kinds.of_answer(domain, answer)) == answer
+    compiler = Compiler(domain)
+    assert compiler(Program((Node("scene"),))).output_kind == AnswerKind.NONE
+    q = Program((Node("scene"), Node("filter", (0,), ("cube",)), Node("query", (1,), (), "color")))
+    assert compiler(q).output_kind == AnswerKind.ATTRIBUTE + color

@@ -426,6 +426,24 @@ def test_split_train_dev_by_image(gen_dataset):
     assert len(split_train_dev(ds, 1.0, seed=0)[1]) == 0
 
 
+@pytest.mark.parametrize("fraction", [0.0, 0.02, 0.5, 0.95, 1.0])
+def test_parser_split_is_the_trainers_split(gen_dataset, gen_split, domain, fraction):
+    """The parser's split by image (questions as ParserExamples) keeps exactly the trainer's images, at every
+    fraction (they used to differ at 0)."""
+    from nscl.inference.dataset import split_train_dev
+    from nscl.inference.examples import examples_from_questions, split_by_image
+
+    ds = gen_dataset
+    train_q, dev_q = split_train_dev(ds, fraction, seed=3)
+    want_train = {ds.scenes[i].image_index for i in np.unique(ds.q_image[train_q])}
+    want_dev = {ds.scenes[i].image_index for i in np.unique(ds.q_image[dev_q])}
+    examples = examples_from_questions(gen_split.questions, domain)
+    train, dev = split_by_image(examples, list(gen_split.scenes), fraction, seed=3)
+    assert {e.image_index for e in train} == want_train
+    assert {e.image_index for e in dev} == want_dev
+    assert len(train) + len(dev) == len(examples)
+
+
 def test_qa_meter_weights_by_questions():
     from nscl.metrics import QAMeter, format_table
 
