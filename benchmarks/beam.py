@@ -25,30 +25,16 @@ import torch
 
 from nscl.domain import Domain, load_domain
 from nscl.errors import ProgramError
-from nscl.generate.questions import QuestionEngine, load_synonyms, load_templates
+from nscl.generate.questions import QuestionEngine
+from nscl.generate.template_files import load_synonyms, load_templates
 from nscl.models.parser import Parser, ParserConfig
 from nscl.program import Program, translate
-from nscl.symbolic import SceneFacts
 from nscl.vocab import Vocab
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from questions import random_facts  # noqa: E402  (benchmarks/questions.py: random symbolic scenes)
 from test_beam_batched import reference_beam_candidates, teacher_forcing_steps  # noqa: E402
-
-RIGHT = np.array([0.6563, 0.7545])
-BEHIND = np.array([-0.7545, 0.6563])
-DIRECTIONS = {"right": RIGHT, "left": -RIGHT, "behind": BEHIND, "front": -BEHIND}
-
-
-def random_facts(domain: Domain, rng: np.random.Generator, n: int) -> SceneFacts:
-    attributes = tuple(
-        {a.name: a.concepts[int(rng.integers(len(a.concepts)))] for a in domain.attributes} for _ in range(n)
-    )
-    pos = rng.uniform(-3.0, 3.0, size=(n, 2))
-    relations = {
-        rel: [[j for j in range(n) if j != i and float((pos[j] - pos[i]) @ d) > 0.2] for i in range(n)]
-        for rel, d in DIRECTIONS.items()
-    }
-    return SceneFacts(attributes, relations)
 
 
 def questions(domain: Domain, n: int, seed: int) -> list[tuple[str, Program]]:

@@ -226,3 +226,15 @@ FAMILY_RANGES = {
     "two_hop.json": range(78, 84),
     "zero_hop.json": range(84, 90),
 }
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small networks: one torch thread is several times faster than contended threads. Restored after the
+    module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

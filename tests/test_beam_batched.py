@@ -186,12 +186,7 @@ def teacher_forcing_steps(parser: Parser, pairs: Sequence[tuple[str, Program]], 
     parser.eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -62,10 +62,9 @@ from ..program import ClevrNode, ClevrProgram
 from ..symbolic import SceneFacts
 from .scene_index import INVALID, Op, _make_ops, _SceneIndex
 from .template_compiler import _FILTER, _PLAIN, _CNode, _compile_template, _CTemplate
-from .template_files import Template, load_synonyms, load_templates
+from .template_files import Template
 
-# load_synonyms / load_templates live in template_files; re-exported here for benchmarks/beam.py.
-__all__ = ["GeneratedQuestion", "QuestionEngine", "load_synonyms", "load_templates"]
+__all__ = ["GeneratedQuestion", "QuestionEngine"]
 
 TRIVIAL_FRACTION = 0.1  # share of "trivial" relate_filter options kept (CLEVR's trivial_frac)
 _OPTIONAL = re.compile(r"\[([^\[]*)\]")

@@ -120,6 +120,21 @@ def supervised_loss(parser: Parser, items: Sequence[Target], word_dropout: float
     ).mean()
 
 
+def end_epoch(
+    rec: dict[str, Any],
+    epoch: int,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None,
+    history: list[dict[str, Any]],
+    message: str,
+) -> None:
+    """The end of a parser epoch: ``on_epoch(epoch, rec)`` may add validation metrics to the record; one log
+    line (``message`` and the record's accuracies); the record joins ``history``."""
+    if on_epoch is not None:
+        on_epoch(epoch, rec)
+    log.info("%s%s", message, "".join(f", {k} {v:.4f}" for k, v in rec.items() if "/acc/" in k))
+    history.append(rec)
+
+
 def make_optimizer(
     params: Sequence[torch.nn.Parameter], lr: float, weight_decay: float
 ) -> torch.optim.Optimizer:
@@ -170,15 +185,7 @@ def train_supervised(
             tot += float(loss.detach()) * len(batch)
             n += len(batch)
         rec = {"epoch": epoch, "train/parser_loss": tot / max(n, 1), "seconds": time.time() - t0}
-        if on_epoch is not None:
-            on_epoch(epoch, rec)
-        log.info(
-            "parser epoch %d: loss %.4f%s",
-            epoch,
-            rec["train/parser_loss"],
-            "".join(f", {k} {v:.4f}" for k, v in rec.items() if "/acc/" in k),
-        )
-        history.append(rec)
+        end_epoch(rec, epoch, on_epoch, history, f"parser epoch {epoch}: loss {rec['train/parser_loss']:.4f}")
     parser.eval()
     return history
 

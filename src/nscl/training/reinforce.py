@@ -23,7 +23,7 @@ from ..losses import Targets, qa_loss
 from ..models.executor import Compiler, Output
 from ..models.parser import Parser
 from ..run_config import ParserTrainConfig
-from .parser_supervised import build_targets, make_optimizer, supervised_loss
+from .parser_supervised import build_targets, end_epoch, make_optimizer, supervised_loss
 
 log = logging.getLogger(__name__)
 
@@ -157,14 +157,7 @@ def train_reinforce(
             tot_r += mean_r * len(batch)
             tot_n += len(batch)
         rec = {"epoch": epoch, "train/parser_reward": tot_r / max(tot_n, 1), "seconds": time.time() - t0}
-        if on_epoch is not None:
-            on_epoch(epoch, rec)
-        log.info(
-            "parser REINFORCE epoch %d: mean reward %.4f%s",
-            epoch,
-            rec["train/parser_reward"],
-            "".join(f", {k} {v:.4f}" for k, v in rec.items() if "/acc/" in k),
-        )
-        history.append(rec)
+        msg = f"parser REINFORCE epoch {epoch}: mean reward {rec['train/parser_reward']:.4f}"
+        end_epoch(rec, epoch, on_epoch, history, msg)
     parser.eval()
     return history
