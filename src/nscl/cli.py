@@ -266,22 +266,6 @@ def train_config_from_args(args: argparse.Namespace):  # noqa: ANN201
     return override(cfg, updates)
 
 
-def run_fit(
-    cfg, domain, paths, run_dir, device, extra=None, resume=None, progress=True, use_tb=False, init=None
-):  # noqa: ANN001, ANN201
-    """The fit of ``cfg.training_target``: ``fit_nscl`` (derender), ``fit_parser`` or ``fit_joint``."""
-    if cfg.training_target == "derender":
-        from .training.trainer import fit_nscl
-
-        return fit_nscl(cfg, domain, paths, run_dir, device, extra, resume, progress, use_tb)
-    if resume:
-        raise NSCLError("--resume is not supported with --training-target parser|all")
-    from .training.fit_parser import fit_joint, fit_parser
-
-    fit = fit_parser if cfg.training_target == "parser" else fit_joint
-    return fit(cfg, domain, paths, run_dir, device, extra, init, progress)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
@@ -311,18 +295,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = train_config_from_args(args)
     domain = load_domain(args.domain)
     run_dir = args.run_dir or f"runs/{cfg.training_target}-{paths.scenes.parent.name or 'data'}"
-    res = run_fit(
-        cfg,
-        domain,
-        paths,
-        run_dir,
-        device,
-        extra,
-        resume=args.resume,
-        progress=not args.no_progress,
-        use_tb=args.use_tb,
-        init=args.load,
-    )
+    progress = not args.no_progress
+    # The fit of the training target: fit_nscl (derender), fit_parser or fit_joint.
+    if cfg.training_target == "derender":
+        from .training.trainer import fit_nscl
+
+        res = fit_nscl(cfg, domain, paths, run_dir, device, extra, args.resume, progress, args.use_tb)
+    else:
+        from .training.fit_parser import fit_joint, fit_parser
+
+        if args.resume:
+            raise NSCLError("--resume is not supported with --training-target parser|all")
+        fit = fit_parser if cfg.training_target == "parser" else fit_joint
+        res = fit(cfg, domain, paths, run_dir, device, extra, args.load, progress)
     print(format_table(res.metrics, "validation"))
     if extra is not None:
         print(format_table(res.metrics, "validationextra"))
