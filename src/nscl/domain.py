@@ -24,6 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from .errors import DataError, where
+from .io import read_json
 
 # Value types shared by both languages.
 OBJECT_SET = "ObjectSet"
@@ -274,7 +275,6 @@ class Domain:
 
     @classmethod
     def load(cls, path: str | Path) -> Domain:
-        from .io import read_json  # local import: io depends on domain for nothing, but keep the graph flat
 
         return cls.from_dict(read_json(path), str(path))
 

@@ -8,11 +8,15 @@ ones stored in a checkpoint (image height, the parser's guidance settings), so t
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 from .config import ConfigError, check_options, from_dict
+from .errors import DataError
+from .io import read_json
 from .models.nscl import ModelConfig
 from .models.parser import ParserConfig
 
@@ -115,8 +119,6 @@ class TrainConfig:
 
 def builtin_configs() -> list[str]:
     """Names of the configurations shipped in the package (``src/nscl/configs/*.json``)."""
-    from importlib import resources
-
     root = resources.files("nscl").joinpath("configs")
     return sorted(p.name[: -len(".json")] for p in root.iterdir() if p.name.endswith(".json"))
 
@@ -124,11 +126,6 @@ def builtin_configs() -> list[str]:
 def load_config(name_or_path: str | Path) -> TrainConfig:
     """A :class:`TrainConfig` from a JSON file, or from a shipped configuration by name (``demo``, ``long``):
     a path that exists wins; ``configs/NAME.json`` and ``NAME`` name the shipped one when no such file exists."""
-    from importlib import resources
-
-    from .errors import DataError
-    from .io import read_json
-
     p = Path(name_or_path)
     if not p.exists():
         name = p.name[: -len(".json")] if p.name.endswith(".json") else p.name
@@ -146,8 +143,6 @@ def load_config(name_or_path: str | Path) -> TrainConfig:
 
 
 def from_json_text(text: str, source: str) -> TrainConfig:
-    import json
-
     try:
         return from_dict(TrainConfig, json.loads(text))
     except ConfigError as e:

@@ -24,6 +24,7 @@ from .data import Question, Scene, SplitPaths, load_split
 from .domain import Domain, load_domain
 from .errors import DataError, NSCLError
 from .io import atomic_write, atomic_write_text
+from .program import translate
 
 DEFAULT_N = 10
 MIN_OVERLAY_WIDTH = 480  # small images are upscaled (by a whole factor) so that labels stay legible
@@ -78,7 +79,6 @@ def program_text(q: Question, domain: Domain) -> tuple[str, bool]:
 
     Returns ``(text, translated)``; a question without a program gives ``("", False)``.
     """
-    from .program import translate
 
     if q.program is None:
         return "", False

@@ -22,6 +22,7 @@ from ..losses import Targets, qa_loss
 from ..models.nscl import NSCL
 from ..progress import progress_bar
 from ..run_config import TrainConfig
+from ..vocab import Vocab
 from .curriculum import RELEASE_TABLE, stage_at
 from .curves import plot_curves
 from .harness import FitResult, Run
@@ -170,8 +171,6 @@ def fit_nscl(
                 )
         vocab = None
         if paths.vocab.exists():
-            from ..vocab import Vocab
-
             vocab = list(Vocab.load(paths.vocab).words)
         metrics: dict[str, float] = {}
         table = tuple(tuple(int(v) for v in row) for row in cfg.curriculum_table) or RELEASE_TABLE
