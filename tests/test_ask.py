@@ -167,6 +167,37 @@ def test_guided_parse_is_reported(setup: dict, domain: Domain) -> None:
     assert float(out.referent_logp[0]) >= math.log(0.05)
 
 
+def test_near_miss_is_read_as_the_known_word_and_said(setup: dict) -> None:
+    q = "What color is the large cilinder?"
+    r = ask(setup["ckpt"], setup["image"], q, boxes_json=setup["boxes"])
+    right = ask(setup["ckpt"], setup["image"], "What color is the large cylinder?", boxes_json=setup["boxes"])
+    assert r.corrections == [{"typed": "cilinder", "read_as": "cylinder"}] and r.question == q
+    assert (r.program, r.answer) == (right.program, right.answer) and right.corrections == []
+    assert "(read 'cilinder' as 'cylinder')" in r.format_trace()
+    assert json.loads(json.dumps(r.to_json()))["corrections"] == r.corrections
+    with pytest.raises(NSCLError, match="unknown word 'cilinder'.*did you mean 'cylinder'"):
+        ask(setup["ckpt"], setup["image"], q, boxes_json=setup["boxes"], correct_spelling=False)
+
+
+def test_parse_confidence_is_the_programs_probability(setup: dict, domain: Domain) -> None:
+    """A trained phrasing is read with high probability; the reported value is exp(log P(program | question))
+    and appears in the trace and the JSON."""
+    from nscl.inference.confidence import parse_logps
+    from nscl.inference.load import load_parser
+
+    r = ask(setup["ckpt"], setup["image"], "How many red things are there?", boxes_json=setup["boxes"])
+    assert 0.9 < r.parse_confidence <= 1.0
+    assert "parse confidence" in r.format_trace() and r.to_json()["parse_confidence"] == r.parse_confidence
+    parser = load_parser(setup["ckpt"])
+    progs = [program_from_str(p, domain) for _, p in PAIRS]
+    lp = parse_logps(parser, [q for q, _ in PAIRS], progs)
+    assert all(-0.2 < v <= 0 for v in lp)
+    # the wrong program for a question is improbable; one the question cannot express has probability 0
+    swapped = parse_logps(parser, [PAIRS[1][0], PAIRS[0][0]], [progs[0], progs[1]])
+    assert swapped[0] < math.log(0.05) and swapped[1] == -math.inf
+    assert r.parse_confidence == pytest.approx(math.exp(lp[1]), rel=1e-5)
+
+
 def test_errors_are_clear(setup: dict, domain: Domain) -> None:
     with pytest.raises(NSCLError, match="unknown word 'dog'"):
         ask(setup["ckpt"], setup["image"], "What color is the dog?", boxes_json=setup["boxes"])

@@ -173,6 +173,20 @@ def test_decoding_only_emits_well_typed_programs(domain: Domain, seed: int, word
     assert all(p is not None for p in lenient.programs)
 
 
+def test_contractions_and_typos_get_help(tiny_parser: Parser) -> None:
+    """A contraction reads as its expansion, a possessive 's is dropped; an unknown word is refused with the
+    closest known words."""
+    expanded = tiny_parser.parse(["Is there a metal thing?"])[0]
+    assert tiny_parser.parse(["Is there a metal thing's?"])[0] == expanded
+    _, errors = tiny_parser.encode_questions(["Isn\u2019t there a metal thing?"])
+    assert errors == [
+        "cannot parse 'Isn\u2019t there a metal thing?': unknown word 'not' (not in the parser's vocabulary)"
+    ]  # read as "is not": the tiny parser never saw "not", and nothing known is spelled like it
+    with pytest.raises(NSCLError, match=r"unknown word 'spehres'.*did you mean 'spheres'"):
+        tiny_parser.parse(["How many red spehres are there?"])
+    assert "spheres" in tiny_parser.known_words and "ball" in tiny_parser.known_words
+
+
 def test_unknown_word_names_the_word(tiny_parser: Parser) -> None:
     with pytest.raises(NSCLError, match="unknown word 'dog'"):
         tiny_parser.parse(["What color is the dog?"])

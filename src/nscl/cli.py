@@ -482,6 +482,11 @@ def _ask_flags(p: argparse.ArgumentParser) -> None:
         help="execution-guided parsing: when the greedy parse refers ambiguously to the image's objects, try "
         "this many beam candidates (0: off, use --beam)",
     )
+    p.add_argument(
+        "--no-correct",
+        action="store_true",
+        help="refuse words the parser does not know instead of reading a near miss ('cilinder') as the known word",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
 
@@ -502,6 +507,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         beam_size=args.beam,
         device=resolve_device(args.device),
         guided_beam=args.guided_beam,
+        correct_spelling=not args.no_correct,
     )
     print(json.dumps(res.to_json(), indent=1) if args.json else res.format_trace())
     return 0

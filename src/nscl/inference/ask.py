@@ -9,8 +9,9 @@ executor's quantised answer; the step-by-step account comes from :mod:`nscl.infe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,8 +21,10 @@ from ..data import Box, parse_scene
 from ..domain import Domain
 from ..errors import DataError, NSCLError
 from ..io import read_json
+from ..language import correct
 from ..models.grammar import ParseError
 from ..run_config import GUIDED_BEAM
+from .confidence import parse_logps
 from .dataset import load_image
 from .execute import decode_answer, run_programs
 from .guided import guided_parse
@@ -43,6 +46,10 @@ class AskResult:
     # execution-guided decoding: 0 = the greedy parse; k = the beam's k-th candidate, taken because the
     # greedy parse's references were ambiguous on this image; -1 = no candidate was unambiguous
     parse_rank: int = 0
+    # P(program | question) under the parser (inference/confidence.py)
+    parse_confidence: float = 1.0
+    # near-miss spellings read as known words: [{"typed": "cilinder", "read_as": "cylinder"}]
+    corrections: list[dict[str, str]] = field(default_factory=list)
 
     def format_trace(self, shown: int = SHOWN) -> str:
         """A human-readable account: the program, each step with its most likely objects, the answer."""
@@ -52,7 +59,12 @@ class AskResult:
             text = ", ".join(f"#{o.index} {o.prob:.2f}" for o in top[:shown])
             return text + (f", ... ({len(top) - shown} more)" if len(top) > shown else "")
 
-        lines = [f"Question: {self.question}", f"Program:  {self.program}"]
+        lines = [f"Question: {self.question}"]
+        if self.corrections:
+            fixes = ", ".join(f"{c['typed']!r} as {c['read_as']!r}" for c in self.corrections)
+            lines.append(f"          (read {fixes})")
+        lines.append(f"Program:  {self.program}")
+        lines.append(f"          (parse confidence {self.parse_confidence:.2f})")
         if self.parse_rank > 0:
             lines.append(
                 f"          (beam candidate {self.parse_rank}: the greedy parse referred to no object or "
@@ -178,13 +190,16 @@ def ask(
     beam_size: int = 1,
     device: str | torch.device = "cpu",
     guided_beam: int = GUIDED_BEAM,
+    correct_spelling: bool = True,
 ) -> AskResult:
     """Perceive the image's objects, parse ``question`` and execute the program step by step.
 
     With ``guided_beam`` > 0 the parse is execution-guided (:func:`nscl.inference.guided.guided_parse`): the greedy
     parse, when its references are ambiguous on this image, is replaced by the first of the beam's
     ``guided_beam`` candidates that asks for the same kind of answer and whose references are unambiguous;
-    ``beam_size`` then goes unused. With 0, the parse is a beam of ``beam_size``."""
+    ``beam_size`` then goes unused. With 0, the parse is a beam of ``beam_size``. With ``correct_spelling``, a
+    word the parser does not know that is one typo away from exactly one word it knows is read as that word
+    (``nscl.language.correct``), and the result says so."""
     ck = load(checkpoint_path, device, need_model=True, need_parser=True)
     model, parser, domain = ck.model, ck.parser, ck.domain
     assert model is not None and parser is not None
@@ -193,16 +208,18 @@ def ask(
     mask = torch.ones(1, len(boxes), dtype=torch.bool)
     with torch.no_grad():
         scene = model.perceive(images.to(device), scaled.to(device), mask.to(device))
+    text, fixes = question, []
+    if correct_spelling:
+        fixed, fixes = correct(question, parser.known_words)
+        text = fixed if fixes else question
     rank = 0
     if guided_beam > 0:
-        gp = guided_parse(
-            parser, [question], [0], lambda _: scene, guided_beam, ck.config.parser.min_referent_p
-        )
+        gp = guided_parse(parser, [text], [0], lambda _: scene, guided_beam, ck.config.parser.min_referent_p)
         if gp.errors[0] is not None:
             raise ParseError(gp.errors[0])
         program, rank = gp.programs[0], gp.rank[0]
     else:
-        program = parser.parse([question], beam_size)[0]
+        program = parser.parse([text], beam_size)[0]
     steps, _, confidence = trace_program(program, scene, domain, boxes, quantize=True)
     # The answer is the batched executor's (as in evaluation); the trace uses the same primitives.
     out, _ = run_programs([program], [0], scene, domain, True)
@@ -216,4 +233,6 @@ def ask(
         confidence,
         [b.as_list() for b in boxes],
         rank,
+        math.exp(parse_logps(parser, [text], [program])[0]),
+        [{"typed": c.typed, "read_as": c.read_as} for c in fixes],
     )

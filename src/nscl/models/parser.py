@@ -36,8 +36,9 @@ from torch import Tensor, nn
 from ..checkpoint import CheckpointError
 from ..config import from_dict
 from ..domain import P_ATTRIBUTE, P_CONCEPTS, P_RELATION, Domain
+from ..language import question_tokens, unknown_word_message
 from ..program import Program
-from ..vocab import UNK, Vocab, tokenize
+from ..vocab import SPECIALS, UNK, Vocab
 from .grammar import DecodeState, Grammar, Lexicon, ParseError, QuestionInfo
 
 NEG = -1e9  # logit of a masked action (finite, so that fully masked rows stay NaN-free)
@@ -141,6 +142,8 @@ class Parser(nn.Module):
         self.cov_att = nn.Parameter(torch.zeros(D))
         self.cov_ptr = nn.Parameter(torch.zeros(D))
         self.drop = nn.Dropout(cfg.dropout)
+        # what the parser can read: its vocabulary and the lexicon (suggestions for unknown words come from here)
+        self.known_words = frozenset(vocab.words[len(SPECIALS) :]) | self.lexicon.words
 
     # ------------------------------------------------------------------------------------ inputs
     def encode_questions(
@@ -148,14 +151,15 @@ class Parser(nn.Module):
         questions: Sequence[str | Sequence[str]],
         unknown: str = "error",
     ) -> tuple[EncodedQuestions, list[str | None]]:
-        """Tokenise and map to encoder ids. ``unknown="error"`` reports a question with a word outside the
-        vocabulary and the lexicon (its entry in the returned errors is set and its ids are all UNK);
+        """Normalise and tokenise (:func:`nscl.language.question_tokens`) and map to encoder ids.
+        ``unknown="error"`` reports a question with a word outside the vocabulary and the lexicon, with the
+        closest known words (its entry in the returned errors is set and its ids are all UNK);
         ``unknown="unk"`` reads such words as ``<UNK>``."""
         rows: list[list[int]] = []
         infos: list[QuestionInfo] = []
         errors: list[str | None] = []
         for q in questions:
-            tokens = tokenize(q) if isinstance(q, str) else list(q)
+            tokens = question_tokens(q) if isinstance(q, str) else list(q)
             text = q if isinstance(q, str) else " ".join(q)
             err = None
             if not tokens:
@@ -171,7 +175,7 @@ class Parser(nn.Module):
                     ids.append(self.vocab.index[UNK])
                 else:
                     if unknown == "error" and err is None:
-                        err = f"cannot parse {text!r}: unknown word {w!r} (not in the parser's vocabulary)"
+                        err = unknown_word_message(text, w, self.known_words)
                     ids.append(self.vocab.index[UNK])
             rows.append(ids)
             infos.append(self.grammar.question_info(tokens, self.lexicon, text))

@@ -12,7 +12,6 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,9 @@ from torch import Tensor
 from ..domain import Domain
 from ..errors import NSCLError, ProgramError
 from ..inference.examples import ParserExample
+from ..language import normalize
 from ..models.parser import Parser
+from ..models.parser_targets import Target, collate, program_nll, target_of
 from ..program import Program
 from ..run_config import ParserTrainConfig
 from ..vocab import SPECIALS as SPECIAL_WORDS
@@ -49,15 +50,8 @@ def stratified_subset(examples: Sequence[ParserExample], k: int, seed: int = 0) 
 
 
 def build_vocab(examples: Sequence[ParserExample]) -> Vocab:
-    return Vocab.build(e.question for e in examples)
-
-
-@dataclass
-class Target:
-    ids: list[int]
-    slots: np.ndarray  # (L,)
-    masks: np.ndarray  # (L, F + T)
-    targets: np.ndarray  # (L, F + T)
+    """The parser's vocabulary: every token of the questions as the parser reads them (normalised)."""
+    return Vocab.build(normalize(e.question) for e in examples)
 
 
 def build_targets(parser: Parser, examples: Sequence[ParserExample]) -> tuple[list[Target], list[int]]:
@@ -68,56 +62,24 @@ def build_targets(parser: Parser, examples: Sequence[ParserExample]) -> tuple[li
         if e.program is None:
             skipped.append(i)
             continue
-        enc, errs = parser.encode_questions([e.question], "unk")
-        q = enc.info[0]
         try:
-            slots, masks, targets = parser.grammar.target(e.program, q, parser.cfg.max_length)
+            items.append(target_of(parser, e.question, e.program))
         except ProgramError as err:
             log.debug("question %d (%s): not a parser target: %s", e.index, e.question, err)
             skipped.append(i)
-            continue
-        items.append(Target(enc.ids[0, : len(q)].tolist(), slots, masks, targets))
     return items, skipped
-
-
-def collate(items: Sequence[Target], F_: int) -> dict[str, Tensor]:
-    B = len(items)
-    T = max(len(it.ids) for it in items)
-    L = max(len(it.slots) for it in items)
-    ids = torch.zeros(B, T, dtype=torch.long)
-    slots = torch.zeros(B, L, dtype=torch.long)
-    masks = torch.zeros(B, L, F_ + T, dtype=torch.bool)
-    targets = torch.zeros(B, L, F_ + T, dtype=torch.bool)
-    for b, it in enumerate(items):
-        t, l = len(it.ids), len(it.slots)
-        ids[b, :t] = torch.tensor(it.ids)
-        slots[b, :l] = torch.from_numpy(it.slots)
-        masks[b, :l, : F_ + t] = torch.from_numpy(it.masks)
-        targets[b, :l, : F_ + t] = torch.from_numpy(it.targets)
-    return {
-        "ids": ids,
-        "lengths": torch.tensor([len(it.ids) for it in items]),
-        "slots": slots,
-        "masks": masks,
-        "targets": targets,
-        "steps": torch.tensor([len(it.slots) for it in items]),
-    }
 
 
 def supervised_loss(parser: Parser, items: Sequence[Target], word_dropout: float = 0.0) -> Tensor:
     """Mean per-program negative log-likelihood of a batch of targets. ``word_dropout``: each ordinary word
     (not a lexicon class) is read as ``<UNK>`` with this probability, so that the parser copes with words it
     never saw (``parse_many(..., unknown="unk")``)."""
-    device = parser.embed.weight.device
     batch = collate(items, parser.grammar.num_fixed)
     if word_dropout > 0:
         ids = batch["ids"]
         words = (ids >= len(SPECIAL_WORDS)) & (ids < len(parser.vocab))
         ids[words & (torch.rand(ids.shape) < word_dropout)] = parser.vocab.index[UNK]
-    b = {k: v.to(device) for k, v in batch.items()}
-    return parser.teacher_forcing_loss(
-        b["ids"], b["lengths"], b["slots"], b["masks"], b["targets"], b["steps"]
-    ).mean()
+    return program_nll(parser, batch).mean()
 
 
 def end_epoch(
@@ -203,6 +165,6 @@ def train_parser_on_pairs(
     cfg = cfg or ParserTrainConfig()
     examples = [ParserExample(q, 0, None, p) for q, p in zip(questions, programs)]
     torch.manual_seed(seed)
-    parser = Parser(domain, Vocab.build(list(questions) + list(extra_questions)), cfg.model)
+    parser = Parser(domain, Vocab.build(normalize(q) for q in [*questions, *extra_questions]), cfg.model)
     train_supervised(parser, examples, cfg, seed)
     return parser

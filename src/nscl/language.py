@@ -1,0 +1,128 @@
+"""Reading questions as people type them: normalisation before tokenisation, and help with unknown words.
+
+:func:`normalize` rewrites what a tokeniser would otherwise break into meaningless pieces: typographic quotes,
+contractions ("What's", "isn't", "aren't", "there're") and the possessive ``'s`` ("the cube's color" -> "the
+cube color"). It is the identity on text without apostrophes, so parsers trained before it read the same tokens.
+:func:`suggest` and :func:`correct` use edit distance (rapidfuzz) against the words a parser knows: suggestions
+for a refusal message, and corrections of near misses ("cilinder" -> "cylinder") that ``nscl ask`` applies and
+reports.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from rapidfuzz import fuzz, process
+from rapidfuzz.distance import Levenshtein
+
+from .vocab import tokenize
+
+# Contractions: whole words (lower case) -> their expansion. "'s" after other words is read as a possessive.
+_CONTRACTIONS = {
+    "what's": "what is",
+    "that's": "that is",
+    "there's": "there is",
+    "here's": "here is",
+    "it's": "it is",
+    "how's": "how is",
+    "where's": "where is",
+    "who's": "who is",
+    "which's": "which is",
+    "isn't": "is not",
+    "aren't": "are not",
+    "wasn't": "was not",
+    "weren't": "were not",
+    "doesn't": "does not",
+    "don't": "do not",
+    "didn't": "did not",
+    "can't": "can not",
+    "cannot": "can not",
+    "won't": "will not",
+    "haven't": "have not",
+    "hasn't": "has not",
+    "there're": "there are",
+    "they're": "they are",
+    "what're": "what are",
+    "i'm": "i am",
+    "let's": "let us",
+}
+_QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u201c": '"', "\u201d": '"'})
+_APOSTROPHE_WORD = re.compile(r"[A-Za-z]+'[A-Za-z]*")
+
+
+def normalize(text: str) -> str:
+    """``text`` with typographic quotes made plain, contractions expanded and possessive ``'s`` dropped; case
+    and everything else as given (the tokeniser lower-cases)."""
+    text = text.translate(_QUOTES)
+    if "'" not in text:
+        return text
+
+    def expand(m: re.Match[str]) -> str:
+        word = m.group(0)
+        low = word.lower()
+        if low in _CONTRACTIONS:
+            return _CONTRACTIONS[low]
+        if low.endswith("'s"):  # possessive: "the cube's color"
+            return word[:-2]
+        if low.endswith("s'"):  # plural possessive: "the cubes' colors"
+            return word[:-1]
+        return word
+
+    return _APOSTROPHE_WORD.sub(expand, text)
+
+
+def question_tokens(text: str) -> list[str]:
+    """The tokens a parser reads: :func:`normalize`, then :func:`nscl.vocab.tokenize`."""
+    return tokenize(normalize(text))
+
+
+def suggest(word: str, known: Collection[str], limit: int = 3) -> list[str]:
+    """Up to ``limit`` known words closest to ``word`` in spelling (similarity at least 60 of 100), best first."""
+    words = [w for w in known if w.isalpha()]
+    hits = process.extract(word, words, scorer=fuzz.ratio, limit=limit, score_cutoff=60)
+    return [h[0] for h in sorted(hits, key=lambda h: (-h[1], h[0]))]
+
+
+def near_miss(word: str, known: Collection[str]) -> str | None:
+    """The one known word a typo of ``word`` most likely is: within one edit (two for words of 8 letters or
+    more), words of at least 4 letters, and no other known word as close; else None."""
+    if len(word) < 4 or not word.isalpha():
+        return None
+    limit = 2 if len(word) >= 8 else 1
+    close = [(Levenshtein.distance(word, w, score_cutoff=limit), w) for w in known if w.isalpha()]
+    close = sorted((d, w) for d, w in close if d <= limit)
+    if not close or (len(close) > 1 and close[1][0] == close[0][0]):
+        return None
+    return close[0][1]
+
+
+@dataclass(frozen=True)
+class Correction:
+    typed: str
+    read_as: str
+
+
+def correct(text: str, known: Collection[str]) -> tuple[str, list[Correction]]:
+    """``text`` as tokens joined by spaces, with each unknown word that is a near miss of exactly one known word
+    replaced by it (:func:`near_miss`), and the corrections made."""
+    out: list[str] = []
+    fixes: list[Correction] = []
+    for w in question_tokens(text):
+        fix = near_miss(w, known) if w not in known else None
+        if fix is not None:
+            fixes.append(Correction(w, fix))
+        out.append(fix or w)
+    return " ".join(out), fixes
+
+
+def unknown_word_message(text: str, word: str, known: Collection[str]) -> str:
+    """The refusal for a question with a word the parser does not know, with the closest known words."""
+    close = suggest(word, known)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return f"cannot parse {text!r}: unknown word {word!r} (not in the parser's vocabulary){hint}"
+
+
+def join_corrections(fixes: Sequence[Correction]) -> str:
+    return ", ".join(f"{c.typed!r} as {c.read_as!r}" for c in fixes)
