@@ -198,6 +198,20 @@ def test_parse_confidence_is_the_programs_probability(setup: dict, domain: Domai
     assert r.parse_confidence == pytest.approx(math.exp(lp[1]), rel=1e-5)
 
 
+def test_wrong_kind_of_answer_is_replaced_or_refused(setup: dict) -> None:
+    """ "What color ..." read as a count is the parser not knowing the phrasing: a beam candidate that answers a
+    color is taken (and said), or the question is refused; never a count for a color question."""
+    q = "What color is the large cylinder?"
+    right = ask(setup["ckpt"], setup["image"], q, boxes_json=setup["boxes"])
+    assert right.program.startswith("query(color") and right.parse_note == ""
+    # "How many things are there?" is a count in the parser's eyes; asking for a yes/no there is refused
+    with pytest.raises(
+        NSCLError,
+        match=r"reads it as count\(scene\(\)\), which answers a count, but the question asks for a yes/no",
+    ):
+        ask(setup["ckpt"], setup["image"], "Are many things there?", boxes_json=setup["boxes"], guided_beam=0)
+
+
 def test_errors_are_clear(setup: dict, domain: Domain) -> None:
     with pytest.raises(NSCLError, match="unknown word 'dog'"):
         ask(setup["ckpt"], setup["image"], "What color is the dog?", boxes_json=setup["boxes"])

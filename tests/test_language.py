@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nscl.domain import builtin_domain
 from nscl.language import (
+    BOOL_ANSWER,
+    COUNT_ANSWER,
     Correction,
+    asked_answer,
     correct,
     near_miss,
     normalize,
@@ -18,6 +23,7 @@ from nscl.language import (
     suggest,
     unknown_word_message,
 )
+from nscl.models.grammar import Lexicon
 
 KNOWN = frozenset(
     {"cube", "cubes", "cylinder", "sphere", "red", "rubber", "metal", "color", "what", "is", "the"}
@@ -85,3 +91,62 @@ def test_suggestions_and_refusal_message():
     assert unknown_word_message("Is it a zebra?", "zzzzqq", KNOWN).endswith(
         "(not in the parser's vocabulary)"
     )
+
+
+LEX = Lexicon.build(builtin_domain())
+
+
+def asked(text: str) -> str | None:
+    return asked_answer(question_tokens(text), LEX.attributes, LEX.concepts)
+
+
+@pytest.mark.parametrize(
+    "text, kind",
+    [
+        ("How many spheres are there?", COUNT_ANSWER),
+        ("What number of cubes are left of the ball?", COUNT_ANSWER),
+        ("What is the number of red things?", COUNT_ANSWER),
+        ("Are there more rubber things than metal things?", BOOL_ANSWER),
+        ("Does the cube have the same color as the ball?", BOOL_ANSWER),
+        ("What color is the big metal cube?", "color"),
+        ("What's the colour of the small ball?", "color"),
+        ("Which shape is the red thing?", "shape"),
+        ("There is a large cube; what is its material?", "material"),
+        ("There is a large cube; how many spheres are behind it?", COUNT_ANSWER),
+        ("What is the size of the cylinder?", "size"),
+        ("What big thing is red?", None),  # "big" names a concept too
+        ("Tell me the color of the cube.", None),  # an imperative: the wording does not say
+        ("What is the thing behind the cube made of?", None),
+    ],
+)
+def test_asked_answer_where_the_wording_is_plain(text, kind):
+    assert asked(text) == kind
+
+
+def _final_kind(node_type: str) -> str:
+    if node_type == "count" or node_type.endswith("_count"):
+        return COUNT_ANSWER
+    if node_type.startswith("query_"):
+        return node_type[len("query_") :]
+    return BOOL_ANSWER
+
+
+@pytest.mark.parametrize("source", ["ours", "clevr"])
+def test_asked_answer_never_contradicts_a_template(source):
+    """Every phrasing of every template (ours; CLEVR's own when ../shared/clevr is there): the wording's kind,
+    where it says one, is the kind the template's program answers."""
+    if source == "ours":
+        root = Path(str(resources.files("nscl").joinpath("generate", "templates")))
+    else:
+        root = Path(__file__).resolve().parents[2] / "shared" / "clevr" / "templates"
+        if not root.is_dir():
+            pytest.skip(f"CLEVR's templates not found at {root}")
+    said = 0
+    for f in sorted(root.glob("*.json")):
+        for t in json.loads(f.read_text(encoding="utf-8")):
+            want = _final_kind(t["nodes"][-1]["type"])
+            for text in t["text"]:
+                got = asked(text)
+                assert got in (None, want), (f.name, text, got, want)
+                said += got is not None
+    assert said > 200  # the rule speaks for most phrasings

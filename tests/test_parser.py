@@ -591,6 +591,30 @@ def test_guided_parse_replaces_only_ambiguous_parses(domain: Domain, gen_split) 
     assert off.programs == [ambiguous] and off.rank == [-1]
 
 
+def test_guided_parse_holds_parses_to_the_asked_answer(domain: Domain, gen_split) -> None:
+    """With ``asked``, a greedy parse answering another kind than the wording asks for is replaced by the first
+    candidate that answers as asked (and passes the reference check); without a kind in the wording, the
+    usual rule (same kind as the greedy parse) applies."""
+    s, cubes = _two_cube_scene(gen_split)
+    one = cubes[0].attributes["color"]
+    count_cubes = program_from_str("count(filter(scene(), [cube]))", domain)
+    unique = program_from_str(f"query(color, filter(scene(), [{one}, cube]))", domain)
+    ambiguous = program_from_str("query(color, filter(scene(), [cube]))", domain)
+    shape = program_from_str(f"query(shape, filter(scene(), [{one}, cube]))", domain)
+    greedy = {"a": count_cubes, "b": count_cubes, "c": count_cubes}
+    cands = {
+        "a": [count_cubes, shape, ambiguous, unique],
+        "b": [count_cubes, unique],
+        "c": [count_cubes, shape],
+    }
+    scenes = OracleScenes(gen_split.scenes, domain)
+    parser = _ScriptedParser(domain, greedy, cands)
+    g = guided_parse(parser, ["a", "b", "c"], [s.image_index] * 3, scenes, asked=["color", None, "color"])  # type: ignore[arg-type]
+    # a: the shape query and the ambiguous one are passed over; b: the count is kept (nothing asked);
+    # c: no candidate answers a color, the greedy parse comes back marked -1
+    assert g.rank == [4, 0, -1] and g.programs == [unique, count_cubes, count_cubes]
+
+
 def test_reward_needs_unambiguous_references(domain: Domain, gen_split) -> None:
     """A program that reads two cubes as "the cube" earns nothing even where its answer happens to be right."""
     s, cubes = _two_cube_scene(gen_split)

@@ -11,7 +11,7 @@ reports.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from rapidfuzz import fuzz, process
@@ -126,3 +126,49 @@ def unknown_word_message(text: str, word: str, known: Collection[str]) -> str:
 
 def join_corrections(fixes: Sequence[Correction]) -> str:
     return ", ".join(f"{c.typed!r} as {c.read_as!r}" for c in fixes)
+
+
+# --------------------------------------------------------------------------------------------- answer kinds
+BOOL_ANSWER, COUNT_ANSWER = "yes/no", "count"
+_YES_NO_OPENERS = frozenset({"is", "are", "does", "do", "was", "were", "has", "have"})
+
+
+def asked_answer(
+    tokens: Sequence[str], attribute_words: Mapping[str, str], concept_words: Collection[str]
+) -> str | None:
+    """What kind of answer the wording of a question asks for, where it is plain: ``"count"`` ("how many ...",
+    "what number of ..."), ``"yes/no"`` (a clause opening with is/are/does/do/was/were/has/have), or an attribute
+    name ("what color is ...", "which shape ...", "what is the size of ...", "what is its material");
+    None where the wording does not say (imperatives such as "tell me ...", or anything else). Only the last
+    clause counts ("There is a cube; what color is it?"). ``attribute_words`` maps words to attributes (a
+    parser's lexicon); words that also name a concept ("big") are not read as attributes."""
+    clause = list(tokens)
+    if ";" in clause:
+        clause = clause[len(clause) - clause[::-1].index(";") :]
+    clause = [t for t in clause if t.isalnum()]
+    if not clause:
+        return None
+
+    def attribute(word: str) -> str | None:
+        return attribute_words.get(word) if word not in concept_words else None
+
+    first = clause[0]
+    if (
+        clause[:2] == ["how", "many"]
+        or clause[:3] == ["what", "number", "of"]
+        or clause[:4] == ["what", "is", "the", "number"]
+    ):
+        return COUNT_ANSWER
+    if first in _YES_NO_OPENERS:
+        return BOOL_ANSWER
+    if first in ("what", "which") and len(clause) > 1:
+        if (a := attribute(clause[1])) is not None:
+            return a
+        if (
+            clause[1] == "is"
+            and len(clause) > 3
+            and clause[2] in ("the", "its")
+            and (a := attribute(clause[3]))
+        ):
+            return a if clause[2] == "its" or clause[4:5] == ["of"] else None
+    return None

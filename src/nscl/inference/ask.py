@@ -21,17 +21,18 @@ from ..data import Box, parse_scene
 from ..domain import Domain
 from ..errors import DataError, NSCLError
 from ..io import read_json
-from ..language import correct
+from ..language import asked_answer, correct, question_tokens
 from ..models.grammar import ParseError
 from ..run_config import GUIDED_BEAM
 from .confidence import parse_logps
 from .dataset import load_image
 from .execute import decode_answer, run_programs
-from .guided import guided_parse
+from .guided import answer_kind, guided_parse
 from .load import load
 from .trace import TraceObject, TraceStep, trace_program
 
 SHOWN = 5  # objects listed per step in format_trace (all of them in to_json)
+UNSURE = 0.5  # a parse less probable than this gets a warning in the trace
 
 
 @dataclass
@@ -50,6 +51,8 @@ class AskResult:
     parse_confidence: float = 1.0
     # near-miss spellings read as known words: [{"typed": "cilinder", "read_as": "cylinder"}]
     corrections: list[dict[str, str]] = field(default_factory=list)
+    # why a beam candidate replaced the greedy parse, when not for its references
+    parse_note: str = ""
 
     def format_trace(self, shown: int = SHOWN) -> str:
         """A human-readable account: the program, each step with its most likely objects, the answer."""
@@ -65,7 +68,14 @@ class AskResult:
             lines.append(f"          (read {fixes})")
         lines.append(f"Program:  {self.program}")
         lines.append(f"          (parse confidence {self.parse_confidence:.2f})")
-        if self.parse_rank > 0:
+        if self.parse_confidence < UNSURE:
+            lines.append(
+                f"          (warning: the parser is unsure of this reading, probability {self.parse_confidence:.2f}; "
+                "the phrasing may be new to it)"
+            )
+        if self.parse_note:
+            lines.append(f"          (beam candidate {self.parse_rank}: {self.parse_note})")
+        elif self.parse_rank > 0:
             lines.append(
                 f"          (beam candidate {self.parse_rank}: the greedy parse referred to no object or "
                 "several where the question needs one)"
@@ -212,14 +222,40 @@ def ask(
     if correct_spelling:
         fixed, fixes = correct(question, parser.known_words)
         text = fixed if fixes else question
-    rank = 0
+    # The wording may say what kind of answer it wants ("what color", "how many", "is there"); a parse that
+    # answers something else means the parser does not know the phrasing.
+    asked = asked_answer(question_tokens(text), parser.lexicon.attributes, parser.lexicon.concepts)
+    rank, note = 0, ""
     if guided_beam > 0:
-        gp = guided_parse(parser, [text], [0], lambda _: scene, guided_beam, ck.config.parser.min_referent_p)
-        if gp.errors[0] is not None:
-            raise ParseError(gp.errors[0])
+        greedy = parser.parse_many([text], 1, "error")
+        if greedy[1][0] is not None:
+            raise ParseError(greedy[1][0])
+        gp = guided_parse(
+            parser,
+            [text],
+            [0],
+            lambda _: scene,
+            guided_beam,
+            ck.config.parser.min_referent_p,
+            greedy=greedy,
+            asked=[asked],
+        )
         program, rank = gp.programs[0], gp.rank[0]
+        got = answer_kind(greedy[0][0])  # type: ignore[arg-type]
+        if asked is not None and got != asked:
+            if rank <= 0:  # no candidate answers as asked with unambiguous references
+                raise ParseError(
+                    f"cannot answer {question!r}: the parser reads it as {greedy[0][0].to_str()}, which answers a "  # type: ignore[union-attr]
+                    f"{got}, but the question asks for a {asked}; the parser does not know this phrasing"
+                )
+            note = f"the greedy parse answered a {got} where the question asks for a {asked}"
     else:
         program = parser.parse([text], beam_size)[0]
+        if asked is not None and answer_kind(program) != asked:
+            raise ParseError(
+                f"cannot answer {question!r}: the parser reads it as {program.to_str()}, which answers a "
+                f"{answer_kind(program)}, but the question asks for a {asked}; the parser does not know this phrasing"
+            )
     steps, _, confidence = trace_program(program, scene, domain, boxes, quantize=True)
     # The answer is the batched executor's (as in evaluation); the trace uses the same primitives.
     out, _ = run_programs([program], [0], scene, domain, True)
@@ -235,4 +271,5 @@ def ask(
         rank,
         math.exp(parse_logps(parser, [text], [program])[0]),
         [{"typed": c.typed, "read_as": c.read_as} for c in fixes],
+        note,
     )

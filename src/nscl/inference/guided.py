@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ..language import BOOL_ANSWER, COUNT_ANSWER
 from ..models.executor import Compiler
 from ..models.parser import Parser
 from ..program import Program
@@ -31,6 +32,17 @@ class GuidedParse:
     programs: list[Program | None]
     errors: list[str | None]
     rank: list[int]
+
+
+def answer_kind(program: Program) -> str:
+    """What a program answers, in :func:`nscl.language.asked_answer`'s terms: ``"count"``, ``"yes/no"``, or the
+    queried attribute's name."""
+    last = program.nodes[-1]
+    if last.op == "count":
+        return COUNT_ANSWER
+    if last.op == "query":
+        return str(last.attribute)
+    return BOOL_ANSWER
 
 
 def same_answer(greedy: Program | None, cand: Program) -> bool:
@@ -72,23 +84,35 @@ def guided_parse(
     min_referent_p: float = MIN_REFERENT_P,
     batch_size: int = 256,
     greedy: tuple[list[Program | None], list[str | None]] | None = None,
+    asked: Sequence[str | None] | None = None,
 ) -> GuidedParse:
     """Execution-guided decoding. The greedy parse is kept when its references pass (``Output.referent_logp``
     at least log ``min_referent_p`` on the question's image); otherwise the beam's ``beam_size`` best
     candidates that ask for the same kind of answer (final op and attribute) are tried in order.
     ``min_referent_p`` 0 turns the check off; ``greedy``: the questions' greedy ``parse_many`` result, when
-    the caller has it."""
+    the caller has it. ``asked``: per question, the kind of answer its wording asks for
+    (:func:`nscl.language.asked_answer`, None where it does not say); a parse must also answer that kind, and
+    candidates are then held to it instead of to the greedy parse's kind."""
     domain = parser.domain
     compiler = Compiler(domain)
     bar = math.log(min_referent_p) if min_referent_p > 0 else -math.inf
     programs, errors = greedy if greedy is not None else parser.parse_many(questions, 1, "error", batch_size)
     programs, errors = list(programs), list(errors)
+    want = list(asked) if asked is not None else [None] * len(questions)
+
+    def as_asked(i: int, p: Program | None) -> bool:
+        return p is not None and (want[i] is None or answer_kind(p) == want[i])
+
     lp = referent_logps(programs, image_indices, scenes, domain, batch_size, compiler)
-    retry = [i for i, v in enumerate(lp) if v < bar]  # unknown words get no candidates and stay errors
+    # unknown words get no candidates and stay errors
+    retry = [i for i, v in enumerate(lp) if v < bar or (errors[i] is None and not as_asked(i, programs[i]))]
 
     def passes(idx: list[int], cands: list[Program]) -> list[bool]:
         lps = referent_logps(cands, [image_indices[i] for i in idx], scenes, domain, batch_size, compiler)
-        return [v >= bar and same_answer(programs[i], p) for i, p, v in zip(idx, cands, lps)]
+        return [
+            v >= bar and (as_asked(i, p) if want[i] is not None else same_answer(programs[i], p))
+            for i, p, v in zip(idx, cands, lps)
+        ]
 
     chosen = beam_fallback(parser, questions, retry, beam_size, passes)
     failed = set(retry)
