@@ -130,6 +130,8 @@ def join_corrections(fixes: Sequence[Correction]) -> str:
 
 # --------------------------------------------------------------------------------------------- answer kinds
 BOOL_ANSWER, COUNT_ANSWER = "yes/no", "count"
+# yes/no questions that compare two counts, by the NS-CL op that answers them
+MORE, FEWER, AS_MANY = "count_greater", "count_less", "count_equal"
 _YES_NO_OPENERS = frozenset({"is", "are", "does", "do", "was", "were", "has", "have"})
 
 
@@ -137,9 +139,11 @@ def asked_answer(
     tokens: Sequence[str], attribute_words: Mapping[str, str], concept_words: Collection[str]
 ) -> str | None:
     """What kind of answer the wording of a question asks for, where it is plain: ``"count"`` ("how many ...",
-    "what number of ..."), ``"yes/no"`` (a clause opening with is/are/does/do/was/were/has/have), or an attribute
-    name ("what color is ...", "which shape ...", "what is the size of ...", "what is its material");
-    None where the wording does not say (imperatives such as "tell me ...", or anything else). Only the last
+    "what number of ..."), ``"yes/no"`` (a clause opening with is/are/does/do/was/were/has/have), or, finer, a
+    comparison of two counts (``count_greater`` for "more ... than", "outnumber", "higher"; ``count_less`` for
+    "fewer/less ... than", "outnumbered", "lower"; ``count_equal`` for "as many", "as often", "the same number"),
+    or an attribute name ("what color is ...", "which shape ...", "what is the size of ...", "what is its
+    material", "what is ... made of"); None where the wording does not say (imperatives such as "tell me ...", or anything else). Only the last
     clause counts ("There is a cube; what color is it?"). ``attribute_words`` maps words to attributes (a
     parser's lexicon); words that also name a concept ("big") are not read as attributes."""
     clause = list(tokens)
@@ -153,6 +157,18 @@ def asked_answer(
         return attribute_words.get(word) if word not in concept_words else None
 
     first = clause[0]
+    words, pairs = set(clause), set(zip(clause, clause[1:]))
+    if first in _YES_NO_OPENERS or "counting" in words:
+        if "outnumbered" in words:
+            return FEWER
+        if "outnumber" in words or "higher" in words or ("than" in words and words & {"more", "greater"}):
+            return MORE
+        if "lower" in words or ("than" in words and words & {"fewer", "less"}):
+            return FEWER
+        if pairs & {("as", "many"), ("as", "often"), ("same", "number"), ("equal", "number")} or (
+            "number" in words and ("same", "as") in pairs
+        ):
+            return AS_MANY
     if (
         clause[:2] == ["how", "many"]
         or clause[:3] == ["what", "number", "of"]
@@ -171,4 +187,6 @@ def asked_answer(
             and (a := attribute(clause[3]))
         ):
             return a if clause[2] == "its" or clause[4:5] == ["of"] else None
+        if clause[-2:] == ["made", "of"] and (a := attribute_words.get("made")) is not None:
+            return a  # "what is the small cube made of"
     return None

@@ -23,11 +23,12 @@ from ..errors import DataError, NSCLError
 from ..io import read_json
 from ..language import asked_answer, correct, question_tokens
 from ..models.grammar import ParseError
+from ..program import Program
 from ..run_config import GUIDED_BEAM
 from .confidence import parse_logps
 from .dataset import load_image
 from .execute import decode_answer, run_programs
-from .guided import answer_kind, guided_parse
+from .guided import answer_kind, answers_as_asked, guided_parse
 from .load import load
 from .trace import TraceObject, TraceStep, trace_program
 
@@ -201,6 +202,7 @@ def ask(
     device: str | torch.device = "cpu",
     guided_beam: int = GUIDED_BEAM,
     correct_spelling: bool = True,
+    check_kind: bool = True,
 ) -> AskResult:
     """Perceive the image's objects, parse ``question`` and execute the program step by step.
 
@@ -209,7 +211,9 @@ def ask(
     ``guided_beam`` candidates that asks for the same kind of answer and whose references are unambiguous;
     ``beam_size`` then goes unused. With 0, the parse is a beam of ``beam_size``. With ``correct_spelling``, a
     word the parser does not know that is one typo away from exactly one word it knows is read as that word
-    (``nscl.language.correct``), and the result says so."""
+    (``nscl.language.correct``), and the result says so. With ``check_kind``, a parse must answer the kind of
+    answer the wording asks for (:func:`nscl.language.asked_answer`): a beam candidate that does, or a
+    refusal."""
     ck = load(checkpoint_path, device, need_model=True, need_parser=True)
     model, parser, domain = ck.model, ck.parser, ck.domain
     assert model is not None and parser is not None
@@ -224,7 +228,11 @@ def ask(
         text = fixed if fixes else question
     # The wording may say what kind of answer it wants ("what color", "how many", "is there"); a parse that
     # answers something else means the parser does not know the phrasing.
-    asked = asked_answer(question_tokens(text), parser.lexicon.attributes, parser.lexicon.concepts)
+    asked = (
+        asked_answer(question_tokens(text), parser.lexicon.attributes, parser.lexicon.concepts)
+        if check_kind
+        else None
+    )
     rank, note = 0, ""
     if guided_beam > 0:
         greedy = parser.parse_many([text], 1, "error")
@@ -241,20 +249,21 @@ def ask(
             asked=[asked],
         )
         program, rank = gp.programs[0], gp.rank[0]
-        got = answer_kind(greedy[0][0])  # type: ignore[arg-type]
-        if asked is not None and got != asked:
+        got = describe_answer(greedy[0][0])  # type: ignore[arg-type]
+        if not answers_as_asked(asked, greedy[0][0]):  # type: ignore[arg-type]
             if rank <= 0:  # no candidate answers as asked with unambiguous references
                 raise ParseError(
                     f"cannot answer {question!r}: the parser reads it as {greedy[0][0].to_str()}, which answers a "  # type: ignore[union-attr]
-                    f"{got}, but the question asks for a {asked}; the parser does not know this phrasing"
+                    f"{got}, but the question asks for a {describe_asked(asked)}; the parser does not know this phrasing"
                 )
-            note = f"the greedy parse answered a {got} where the question asks for a {asked}"
+            note = f"the greedy parse answered a {got} where the question asks for a {describe_asked(asked)}"
     else:
         program = parser.parse([text], beam_size)[0]
-        if asked is not None and answer_kind(program) != asked:
+        if not answers_as_asked(asked, program):
             raise ParseError(
                 f"cannot answer {question!r}: the parser reads it as {program.to_str()}, which answers a "
-                f"{answer_kind(program)}, but the question asks for a {asked}; the parser does not know this phrasing"
+                f"{describe_answer(program)}, but the question asks for a {describe_asked(asked)}; the parser does "
+                "not know this phrasing"
             )
     steps, _, confidence = trace_program(program, scene, domain, boxes, quantize=True)
     # The answer is the batched executor's (as in evaluation); the trace uses the same primitives.
@@ -273,3 +282,17 @@ def ask(
         [{"typed": c.typed, "read_as": c.read_as} for c in fixes],
         note,
     )
+
+
+_COMPARISONS = {"count_greater": "'more than'", "count_less": "'fewer than'", "count_equal": "'as many as'"}
+
+
+def describe_answer(program: Program) -> str:
+    """What a program answers, for messages: "count", "color", "yes/no ('more than')"."""
+    kind = answer_kind(program)
+    op = program.nodes[-1].op
+    return f"{kind} ({_COMPARISONS[op]})" if op in _COMPARISONS else kind
+
+
+def describe_asked(asked: str | None) -> str:
+    return f"yes/no ({_COMPARISONS[asked]})" if asked in _COMPARISONS else str(asked)

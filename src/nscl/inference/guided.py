@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..language import BOOL_ANSWER, COUNT_ANSWER
+from ..language import AS_MANY, BOOL_ANSWER, COUNT_ANSWER, FEWER, MORE
 from ..models.executor import Compiler
 from ..models.parser import Parser
 from ..program import Program
@@ -43,6 +43,16 @@ def answer_kind(program: Program) -> str:
     if last.op == "query":
         return str(last.attribute)
     return BOOL_ANSWER
+
+
+def answers_as_asked(asked: str | None, program: Program) -> bool:
+    """Whether ``program`` answers what the wording asks for (:func:`nscl.language.asked_answer`; None: anything
+    does): the same kind, and for a comparison of counts the same comparison."""
+    if asked is None:
+        return True
+    if asked in (MORE, FEWER, AS_MANY):
+        return program.nodes[-1].op == asked
+    return answer_kind(program) == asked
 
 
 def same_answer(greedy: Program | None, cand: Program) -> bool:
@@ -101,7 +111,7 @@ def guided_parse(
     want = list(asked) if asked is not None else [None] * len(questions)
 
     def as_asked(i: int, p: Program | None) -> bool:
-        return p is not None and (want[i] is None or answer_kind(p) == want[i])
+        return p is not None and answers_as_asked(want[i], p)
 
     lp = referent_logps(programs, image_indices, scenes, domain, batch_size, compiler)
     # unknown words get no candidates and stay errors
