@@ -252,19 +252,12 @@ def ask(
         got = describe_answer(greedy[0][0])  # type: ignore[arg-type]
         if not answers_as_asked(asked, greedy[0][0]):  # type: ignore[arg-type]
             if rank <= 0:  # no candidate answers as asked with unambiguous references
-                raise ParseError(
-                    f"cannot answer {question!r}: the parser reads it as {greedy[0][0].to_str()}, which answers a "  # type: ignore[union-attr]
-                    f"{got}, but the question asks for a {describe_asked(asked)}; the parser does not know this phrasing"
-                )
+                raise wrong_kind(question, greedy[0][0], asked)  # type: ignore[arg-type]
             note = f"the greedy parse answered a {got} where the question asks for a {describe_asked(asked)}"
     else:
         program = parser.parse([text], beam_size)[0]
         if not answers_as_asked(asked, program):
-            raise ParseError(
-                f"cannot answer {question!r}: the parser reads it as {program.to_str()}, which answers a "
-                f"{describe_answer(program)}, but the question asks for a {describe_asked(asked)}; the parser does "
-                "not know this phrasing"
-            )
+            raise wrong_kind(question, program, asked)
     steps, _, confidence = trace_program(program, scene, domain, boxes, quantize=True)
     # The answer is the batched executor's (as in evaluation); the trace uses the same primitives.
     out, _ = run_programs([program], [0], scene, domain, True)
@@ -296,3 +289,12 @@ def describe_answer(program: Program) -> str:
 
 def describe_asked(asked: str | None) -> str:
     return f"yes/no ({_COMPARISONS[asked]})" if asked in _COMPARISONS else str(asked)
+
+
+def wrong_kind(question: str, program: Program, asked: str | None) -> ParseError:
+    """The refusal for a parse that answers another kind of answer than the wording asks for."""
+    return ParseError(
+        f"cannot answer {question!r}: the parser reads it as {program.to_str()}, which answers a "
+        f"{describe_answer(program)}, but the question asks for a {describe_asked(asked)}; the parser does not "
+        "know this phrasing"
+    )
