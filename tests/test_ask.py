@@ -212,6 +212,15 @@ def test_wrong_kind_of_answer_is_replaced_or_refused(setup: dict) -> None:
         ask(setup["ckpt"], setup["image"], "Are many things there?", boxes_json=setup["boxes"], guided_beam=0)
 
 
+def test_loading_a_parser_does_not_build_the_model(setup: dict) -> None:
+    from nscl.inference.load import load
+
+    only_parser = load(setup["ckpt"], need_model=False, need_parser=True)
+    assert only_parser.model is None and only_parser.parser is not None
+    both = load(setup["ckpt"])
+    assert both.model is not None and both.parser is not None and not both.model.training
+
+
 def test_errors_are_clear(setup: dict, domain: Domain) -> None:
     with pytest.raises(NSCLError, match="unknown word 'dog'"):
         ask(setup["ckpt"], setup["image"], "What color is the dog?", boxes_json=setup["boxes"])

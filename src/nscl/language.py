@@ -124,10 +124,6 @@ def unknown_word_message(text: str, word: str, known: Collection[str]) -> str:
     return f"cannot parse {text!r}: unknown word {word!r} (not in the parser's vocabulary){hint}"
 
 
-def join_corrections(fixes: Sequence[Correction]) -> str:
-    return ", ".join(f"{c.typed!r} as {c.read_as!r}" for c in fixes)
-
-
 # --------------------------------------------------------------------------------------------- answer kinds
 BOOL_ANSWER, COUNT_ANSWER = "yes/no", "count"
 # yes/no questions that compare two counts, by the NS-CL op that answers them
@@ -143,8 +139,8 @@ def asked_answer(
     comparison of two counts (``count_greater`` for "more ... than", "outnumber", "higher"; ``count_less`` for
     "fewer/less ... than", "outnumbered", "lower"; ``count_equal`` for "as many", "as often", "the same number"),
     or an attribute name ("what color is ...", "which shape ...", "what is the size of ...", "what is its
-    material", "what is ... made of"); None where the wording does not say (imperatives such as "tell me ...", or anything else). Only the last
-    clause counts ("There is a cube; what color is it?"). ``attribute_words`` maps words to attributes (a
+    material", "what is ... made of"); None where the wording does not say (imperatives such as "tell me ...",
+    or anything else). Only the last clause counts ("There is a cube; what color is it?"). ``attribute_words`` maps words to attributes (a
     parser's lexicon); words that also name a concept ("big") are not read as attributes."""
     clause = list(tokens)
     if ";" in clause:

@@ -127,23 +127,17 @@ def load_config(name_or_path: str | Path) -> TrainConfig:
     """A :class:`TrainConfig` from a JSON file, or from a shipped configuration by name (``demo``, ``long``):
     a path that exists wins; ``configs/NAME.json`` and ``NAME`` name the shipped one when no such file exists."""
     p = Path(name_or_path)
-    if not p.exists():
+    if p.exists():
+        data, source = read_json(p), str(p)
+    else:
         name = p.name[: -len(".json")] if p.name.endswith(".json") else p.name
-        if name in builtin_configs() and (p.parent in (Path("."), Path("configs"))):
-            text = resources.files("nscl").joinpath("configs", f"{name}.json").read_text(encoding="utf-8")
-            return from_json_text(text, f"nscl/configs/{name}.json")
-        raise DataError(
-            f"{name_or_path}: no such config file (shipped configs: {', '.join(builtin_configs())})"
-        )
-    data = read_json(p)
+        if name not in builtin_configs() or p.parent not in (Path("."), Path("configs")):
+            raise DataError(
+                f"{name_or_path}: no such config file (shipped configs: {', '.join(builtin_configs())})"
+            )
+        text = resources.files("nscl").joinpath("configs", f"{name}.json").read_text(encoding="utf-8")
+        data, source = json.loads(text), f"nscl/configs/{name}.json"
     try:
         return from_dict(TrainConfig, data)
-    except ConfigError as e:
-        raise ConfigError(f"{p}: {e}") from None
-
-
-def from_json_text(text: str, source: str) -> TrainConfig:
-    try:
-        return from_dict(TrainConfig, json.loads(text))
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None

@@ -24,8 +24,8 @@ from ..run_config import TrainConfig
 
 @dataclass
 class Loaded:
-    """What a checkpoint holds, built: ``model`` (None for a parser-only checkpoint), the run's settings, the
-    domain, the parser (None when it has none) and the raw state (for training that continues from it)."""
+    """What a checkpoint holds, built: ``model`` (None when not asked for), the run's settings, the domain, the
+    parser (None when it has none) and the raw state (for training that continues from it)."""
 
     config: TrainConfig
     domain: Domain
@@ -64,12 +64,12 @@ def load(
     need_model: bool = True,
     need_parser: bool = False,
 ) -> Loaded:
-    """Read and build a checkpoint, in eval mode on ``device``. ``need_model``/``need_parser``: a checkpoint
-    without one raises CheckpointError saying how to make one."""
+    """Read and build a checkpoint, in eval mode on ``device``. ``need_model``: build the NSCL model (a
+    checkpoint without one raises CheckpointError); otherwise it is not built (``nscl parse`` needs only the
+    parser). ``need_parser``: a checkpoint without a parser raises CheckpointError saying how to make one."""
     source = str(path)
     state = load_checkpoint(path, require=("domain",))
-    has_model = state.get("model") is not None
-    if need_model and not has_model:
+    if need_model and state.get("model") is None:
         raise CheckpointError(f"{source}: the checkpoint holds no trained NSCL model")
     if need_parser and not state.get("parser"):
         raise CheckpointError(
@@ -77,7 +77,7 @@ def load(
             "nscl train --training-target parser --load NSCL_CHECKPOINT)"
         )
     model = None
-    if has_model:
+    if need_model:
         model, cfg, domain = model_from_state(state, source)
         model.to(device).eval()
     else:
