@@ -570,7 +570,7 @@ class _ScriptedParser:
     def parse_many(self, questions, beam_size=1, unknown="error", batch_size=256):
         return [self.greedy[q] for q in questions], [None] * len(questions)
 
-    def parse_candidates(self, questions, beam_size, n_best):
+    def parse_candidates(self, questions, beam_size, n_best, unknown="error"):
         return [self.candidates[q][:n_best] for q in questions]
 
 

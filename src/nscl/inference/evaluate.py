@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..data import Question, SplitPaths, load_split
+from ..language import asked_answer, question_tokens
 from ..losses import Targets, qa_loss
 from ..metrics import ConceptMeter, QAMeter, scene_annotations
 from ..models.nscl import NSCL
@@ -64,18 +65,19 @@ def evaluate_parser(
     batch_size: int = 256,
     guided_beam: int = 0,
     min_referent_p: float = MIN_REFERENT_P,
+    check_kind: bool = False,
 ) -> dict[str, float]:
     """``{prefix}/acc/program_exact`` (canonical exact match, over annotated questions), and with a scene
     source ``{prefix}/acc/qa`` (ground-truth programs) and ``{prefix}/acc/qa_parsed`` (parsed programs),
     each also per question type; ``{prefix}/parse_errors`` counts questions the parser refused. With
-    ``guided_beam`` > 0 and scenes, also ``{prefix}/acc/qa_guided`` (and per type): QA with execution-guided
-    parses (:func:`guided_parse`), and ``{prefix}/guided_changed``, how many parses the check replaced."""
+    ``guided_beam`` > 0 and scenes, also ``{prefix}/acc/qa_guided`` and ``{prefix}/acc/program_exact_guided``
+    (and per type): QA and exact match of execution-guided parses (:func:`guided_parse`, which ``nscl ask``
+    uses), ``{prefix}/guided_changed``, how many parses the check replaced, and ``{prefix}/guided_refused``,
+    how many it could not repair. ``check_kind`` also holds guided parses to the kind of answer the wording
+    asks for (:func:`nscl.language.asked_answer`), as ``nscl ask`` does. ``unknown``: ``"error"`` refuses
+    questions with words the parser never saw, ``"unk"`` reads those words as ``<UNK>``."""
     programs, errors = parser.parse_many([e.question for e in examples], beam_size, unknown, batch_size)
-    exact = QAMeter()
-    for e, p in zip(examples, programs):
-        if e.program is not None:
-            exact.update([e.program.final_op], [p is not None and p.canonical() == e.program.canonical()])
-    metrics = {k.replace("/acc/qa", "/acc/program_exact"): v for k, v in exact.metrics(prefix).items()}
+    metrics = _exact_metrics(examples, programs, prefix, "program_exact")
     metrics[f"{prefix}/parse_errors"] = float(sum(e is not None for e in errors))
     if scenes is not None:
         gt, parsed = qa_meters(parser, examples, programs, scenes, batch_size)
@@ -91,14 +93,37 @@ def evaluate_parser(
                 guided_beam,
                 min_referent_p,
                 batch_size,
-                (programs, errors) if beam_size <= 1 and unknown == "error" else None,
+                (programs, errors) if beam_size <= 1 else None,
+                [asked_kind(parser, e.question) for e in examples] if check_kind else None,
+                unknown,
             )
             _, guided = qa_meters(parser, examples, gp.programs, scenes, batch_size, with_gt=False)
             metrics.update(
                 {k.replace("/acc/qa", "/acc/qa_guided"): v for k, v in guided.metrics(prefix).items()}
             )
+            metrics.update(_exact_metrics(examples, gp.programs, prefix, "program_exact_guided"))
             metrics[f"{prefix}/guided_changed"] = float(sum(r > 0 for r in gp.rank))
+            metrics[f"{prefix}/guided_refused"] = float(
+                sum(r < 0 or p is None for r, p in zip(gp.rank, gp.programs))
+            )
     return metrics
+
+
+def asked_kind(parser: Parser, question: str) -> str | None:
+    """The kind of answer ``question``'s wording asks for, read with ``parser``'s lexicon
+    (:func:`nscl.language.asked_answer`)."""
+    return asked_answer(question_tokens(question), parser.lexicon.attributes, parser.lexicon.concepts)
+
+
+def _exact_metrics(
+    examples: Sequence[ParserExample], programs: Sequence[Program | None], prefix: str, name: str
+) -> dict[str, float]:
+    """``{prefix}/acc/{name}`` (and per final op): canonical exact match over the annotated examples."""
+    exact = QAMeter()
+    for e, p in zip(examples, programs):
+        if e.program is not None:
+            exact.update([e.program.final_op], [p is not None and p.canonical() == e.program.canonical()])
+    return {k.replace("/acc/qa", f"/acc/{name}"): v for k, v in exact.metrics(prefix).items()}
 
 
 def qa_meters(

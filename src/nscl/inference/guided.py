@@ -70,12 +70,13 @@ def beam_fallback(
     retry: Sequence[int],
     beam_size: int,
     passes: Callable[[list[int], list[Program]], list[bool]],
+    unknown: str = "error",
 ) -> dict[int, tuple[int, Program]]:
     """For each question index in ``retry``: (1-based rank, program) of the first of the beam's
     ``beam_size`` candidates that ``passes(question indices, candidates)`` accepts; absent when none does."""
     if not retry or beam_size <= 1:
         return {}
-    cands = parser.parse_candidates([questions[i] for i in retry], beam_size, beam_size)
+    cands = parser.parse_candidates([questions[i] for i in retry], beam_size, beam_size, unknown)
     flat = [(i, k, p) for i, c in zip(retry, cands) for k, p in enumerate(c, start=1)]
     ok = passes([i for i, _, _ in flat], [p for _, _, p in flat])
     chosen: dict[int, tuple[int, Program]] = {}
@@ -95,6 +96,7 @@ def guided_parse(
     batch_size: int = 256,
     greedy: tuple[list[Program | None], list[str | None]] | None = None,
     asked: Sequence[str | None] | None = None,
+    unknown: str = "error",
 ) -> GuidedParse:
     """Execution-guided decoding. The greedy parse is kept when its references pass (``Output.referent_logp``
     at least log ``min_referent_p`` on the question's image); otherwise the beam's ``beam_size`` best
@@ -102,11 +104,12 @@ def guided_parse(
     ``min_referent_p`` 0 turns the check off; ``greedy``: the questions' greedy ``parse_many`` result, when
     the caller has it. ``asked``: per question, the kind of answer its wording asks for
     (:func:`nscl.language.asked_answer`, None where it does not say); a parse must also answer that kind, and
-    candidates are then held to it instead of to the greedy parse's kind."""
+    candidates are then held to it instead of to the greedy parse's kind. ``unknown``: ``"unk"`` reads words
+    the parser never saw as ``<UNK>`` (the greedy parse and the candidates), ``"error"`` refuses them."""
     domain = parser.domain
     compiler = Compiler(domain)
     bar = math.log(min_referent_p) if min_referent_p > 0 else -math.inf
-    programs, errors = greedy if greedy is not None else parser.parse_many(questions, 1, "error", batch_size)
+    programs, errors = greedy if greedy is not None else parser.parse_many(questions, 1, unknown, batch_size)
     programs, errors = list(programs), list(errors)
     want = list(asked) if asked is not None else [None] * len(questions)
 
@@ -124,7 +127,7 @@ def guided_parse(
             for i, p, v in zip(idx, cands, lps)
         ]
 
-    chosen = beam_fallback(parser, questions, retry, beam_size, passes)
+    chosen = beam_fallback(parser, questions, retry, beam_size, passes, unknown)
     failed = set(retry)
     rank = [-1 if i in failed else 0 for i in range(len(questions))]
     for i, (k, p) in chosen.items():

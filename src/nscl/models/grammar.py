@@ -46,8 +46,9 @@ ATTRIBUTE_WORDS: Mapping[str, tuple[str, ...]] = {
     "material": ("materials", "made"),
     "size": ("sizes", "sized", "big"),
 }
-# Function words dropped from multi-word synonyms: "to the left of" -> "left", "in back of" -> "back".
-_FUNCTION_WORDS = frozenset({"of", "to", "the", "on", "in", "at", "a", "an"})
+# Words dropped from multi-word synonyms to find the one word a pointer reads: "to the left of" -> "left",
+# "in back of" -> "back", "on the left side of" -> "left", "nearer the camera than" -> "nearer".
+_FUNCTION_WORDS = frozenset({"of", "to", "the", "on", "in", "at", "a", "an", "side", "than", "camera"})
 
 
 class ParseError(NSCLError):

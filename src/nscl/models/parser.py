@@ -548,13 +548,16 @@ class Parser(nn.Module):
         return programs, errors
 
     @torch.no_grad()
-    def parse_candidates(self, questions: Sequence[str], beam_size: int, n_best: int) -> list[list[Program]]:
+    def parse_candidates(
+        self, questions: Sequence[str], beam_size: int, n_best: int, unknown: str = "error"
+    ) -> list[list[Program]]:
         """Up to ``n_best`` well-typed programs per question from a beam of ``beam_size``, most probable
-        first; questions with unknown words, and candidates that fail for a missing argument, are left out."""
+        first; candidates that fail for a missing argument are left out, and so are questions with unknown
+        words unless ``unknown`` is ``"unk"`` (read them as ``<UNK>``)."""
         was = self.training
         self.eval()
         try:
-            enc_q, errs = self.encode_questions(list(questions), "error")
+            enc_q, errs = self.encode_questions(list(questions), unknown)
             cands = self.beam_candidates(enc_q, beam_size, n_best, skip=[e is not None for e in errs])
             return [
                 [self.grammar.to_program(st.actions, enc_q.info[j]) for st in c if not st.failed]
