@@ -221,6 +221,19 @@ def test_loading_a_parser_does_not_build_the_model(setup: dict) -> None:
     assert both.model is not None and both.parser is not None and not both.model.training
 
 
+def test_unknown_words_that_only_shape_the_sentence_are_read_as_unk(setup: dict) -> None:
+    """ "currently" names nothing: read as <UNK> and said; "wooden" may name a property: refused."""
+    plain = ask(setup["ckpt"], setup["image"], "How many red things are there?", boxes_json=setup["boxes"])
+    r = ask(
+        setup["ckpt"], setup["image"], "How many red things are currently there?", boxes_json=setup["boxes"]
+    )
+    assert r.ignored == ["currently"] and plain.ignored == []
+    assert (r.program, r.answer) == (plain.program, plain.answer)
+    assert "read as unknown words: 'currently'" in r.format_trace()
+    with pytest.raises(NSCLError, match="unknown word 'wooden'"):
+        ask(setup["ckpt"], setup["image"], "How many wooden things are there?", boxes_json=setup["boxes"])
+
+
 def test_errors_are_clear(setup: dict, domain: Domain) -> None:
     with pytest.raises(NSCLError, match="unknown word 'dog'"):
         ask(setup["ckpt"], setup["image"], "What color is the dog?", boxes_json=setup["boxes"])

@@ -17,6 +17,8 @@ from nscl.language import (
     Correction,
     asked_answer,
     correct,
+    known_inflection,
+    may_name_a_thing,
     near_miss,
     normalize,
     question_tokens,
@@ -163,3 +165,31 @@ def test_asked_answer_never_contradicts_a_template(source):
                 assert ok, (f.name, text, got, want)
                 said += got is not None
     assert said > 200  # the rule speaks for most phrasings
+
+
+def test_known_inflection_only_for_verbs():
+    known = KNOWN | {"sits", "lies", "contains", "large", "placed"}
+    assert known_inflection("sat", known) == "sits"
+    assert known_inflection("lying", known) == "lies"
+    assert known_inflection("containing", known) == "contains"
+    assert known_inflection("larger", known) is None  # "larger" is not "large"
+    assert known_inflection("zebra", known) is None
+    text, fixes = correct("How many cubes sat there?", known)
+    assert text == "how many cubes sits there ?" and fixes == [Correction("sat", "sits")]
+
+
+@pytest.mark.parametrize(
+    "word, thing",
+    [
+        ("zebra", True),
+        ("wooden", True),
+        ("pink", True),
+        ("qwzx", True),  # not an English word: cannot tell, so refuse
+        ("currently", False),
+        ("situated", False),
+        ("resting", False),
+        ("altogether", False),
+    ],
+)
+def test_may_name_a_thing(word, thing):
+    assert may_name_a_thing(word) is thing

@@ -5,7 +5,10 @@ contractions ("What's", "isn't", "aren't", "there're") and the possessive ``'s``
 cube color"). It is the identity on text without apostrophes, so parsers trained before it read the same tokens.
 :func:`suggest` and :func:`correct` use edit distance (rapidfuzz) against the words a parser knows: suggestions
 for a refusal message, and corrections of near misses ("cilinder" -> "cylinder") that ``nscl ask`` applies and
-reports.
+reports. :func:`correct` also reads an unknown form of a known verb as that form ("sat" -> "sits"), with
+lemminflect's English lemma and inflection tables. :func:`may_name_a_thing` tells an unknown word that may name something the parser
+has no concept for ("zebra", "wooden", "pink": refuse) from one that only shapes the sentence ("currently",
+"situated": read as ``<UNK>``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
+import lemminflect
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import Levenshtein
 
@@ -98,6 +102,33 @@ def near_miss(word: str, known: Collection[str]) -> str | None:
     return close[0][1]
 
 
+def known_inflection(word: str, known: Collection[str]) -> str | None:
+    """A known form of the verb ``word`` is a form of ("sat" -> "sits", "positioned" -> "positions"); None
+    when there is none or ``word`` is no verb lemminflect knows. Only verbs: an adjective's inflections change
+    its meaning ("larger" is not "large") and nouns' plurals are the lexicon's."""
+    for pos, lemmas in lemminflect.getAllLemmas(word, upos="VERB").items():
+        for lemma in lemmas:
+            if lemma in known and lemma != word:
+                return lemma
+            forms = lemminflect.getAllInflections(lemma, upos=pos)
+            hits = sorted({f for fs in forms.values() for f in fs if f in known and f != word})
+            if hits:
+                return hits[0]
+    return None
+
+
+def may_name_a_thing(word: str) -> bool:
+    """Whether an unknown word may name an object, a property or a relation the parser has no concept for: a
+    noun or adjective reading (lemminflect), unless it is a verb's participle ("situated", "resting"), or a
+    word lemminflect does not know at all. Such a word is refused; any other is read as ``<UNK>``."""
+    readings = lemminflect.getAllLemmas(word)
+    if not readings:
+        return True
+    if "VERB" in readings and word.endswith(("ed", "ing")):
+        return False
+    return bool(readings.keys() & {"NOUN", "ADJ", "PROPN", "NUM"})
+
+
 @dataclass(frozen=True)
 class Correction:
     typed: str
@@ -105,12 +136,13 @@ class Correction:
 
 
 def correct(text: str, known: Collection[str]) -> tuple[str, list[Correction]]:
-    """``text`` as tokens joined by spaces, with each unknown word that is a near miss of exactly one known word
-    replaced by it (:func:`near_miss`), and the corrections made."""
+    """``text`` as tokens joined by spaces, with each unknown word that is an inflection of a known word
+    (:func:`known_inflection`) or a near miss of exactly one known word (:func:`near_miss`) replaced by it, and
+    the corrections made."""
     out: list[str] = []
     fixes: list[Correction] = []
     for w in question_tokens(text):
-        fix = near_miss(w, known) if w not in known else None
+        fix = (known_inflection(w, known) or near_miss(w, known)) if w not in known else None
         if fix is not None:
             fixes.append(Correction(w, fix))
         out.append(fix or w)

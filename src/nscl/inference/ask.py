@@ -21,7 +21,7 @@ from ..data import Box, parse_scene
 from ..domain import Domain
 from ..errors import DataError, NSCLError
 from ..io import read_json
-from ..language import asked_answer, correct, question_tokens
+from ..language import asked_answer, correct, may_name_a_thing, question_tokens, unknown_word_message
 from ..models.grammar import ParseError
 from ..program import Program
 from ..run_config import GUIDED_BEAM
@@ -54,6 +54,8 @@ class AskResult:
     corrections: list[dict[str, str]] = field(default_factory=list)
     # why a beam candidate replaced the greedy parse, when not for its references
     parse_note: str = ""
+    # unknown words that only shape the sentence ("currently"), read as <UNK> (language.may_name_a_thing)
+    ignored: list[str] = field(default_factory=list)
 
     def format_trace(self, shown: int = SHOWN) -> str:
         """A human-readable account: the program, each step with its most likely objects, the answer."""
@@ -67,6 +69,10 @@ class AskResult:
         if self.corrections:
             fixes = ", ".join(f"{c['typed']!r} as {c['read_as']!r}" for c in self.corrections)
             lines.append(f"          (read {fixes})")
+        if self.ignored:
+            lines.append(
+                f"          (not known, read as unknown words: {', '.join(map(repr, self.ignored))})"
+            )
         lines.append(f"Program:  {self.program}")
         lines.append(f"          (parse confidence {self.parse_confidence:.2f})")
         if self.parse_confidence < UNSURE:
@@ -226,6 +232,13 @@ def ask(
     if correct_spelling:
         fixed, fixes = correct(question, parser.known_words)
         text = fixed if fixes else question
+    # Unknown words left: one that may name a thing the model has no concept for ("zebra") is refused; others
+    # ("currently") are read as <UNK>, which the parser met in training through word dropout.
+    ignored = [w for w in question_tokens(text) if w not in parser.known_words]
+    for w in ignored:
+        if may_name_a_thing(w):
+            raise ParseError(unknown_word_message(question, w, parser.known_words))
+    unknown = "unk" if ignored else "error"
     # The wording may say what kind of answer it wants ("what color", "how many", "is there"); a parse that
     # answers something else means the parser does not know the phrasing.
     asked = (
@@ -235,7 +248,7 @@ def ask(
     )
     rank, note = 0, ""
     if guided_beam > 0:
-        greedy = parser.parse_many([text], 1, "error")
+        greedy = parser.parse_many([text], 1, unknown)
         if greedy[1][0] is not None:
             raise ParseError(greedy[1][0])
         gp = guided_parse(
@@ -247,6 +260,7 @@ def ask(
             ck.config.parser.min_referent_p,
             greedy=greedy,
             asked=[asked],
+            unknown=unknown,
         )
         program, rank = gp.programs[0], gp.rank[0]
         got = describe_answer(greedy[0][0])  # type: ignore[arg-type]
@@ -255,7 +269,11 @@ def ask(
                 raise wrong_kind(question, greedy[0][0], asked)  # type: ignore[arg-type]
             note = f"the greedy parse answered a {got} where the question asks for a {describe_asked(asked)}"
     else:
-        program = parser.parse([text], beam_size)[0]
+        programs, errors = parser.parse_many([text], beam_size, unknown)
+        if errors[0] is not None:
+            raise ParseError(errors[0])
+        program = programs[0]
+        assert program is not None
         if not answers_as_asked(asked, program):
             raise wrong_kind(question, program, asked)
     steps, _, confidence = trace_program(program, scene, domain, boxes, quantize=True)
@@ -274,6 +292,7 @@ def ask(
         math.exp(parse_logps(parser, [text], [program])[0]),
         [{"typed": c.typed, "read_as": c.read_as} for c in fixes],
         note,
+        ignored,
     )
 
 
