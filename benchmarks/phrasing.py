@@ -3,7 +3,7 @@ decoding).
 
     .venv/bin/python benchmarks/phrasing.py [--out DIR] [--train-images 1500] [--val-images 300] [--seed 0]
         [--epochs 15] [--word-dropout 0.1] [--runs heldout,cross,clevr] [--clevr ../shared/clevr]
-        [--threads 1]
+        [--threads 1] [--reuse]
 
 Runs (each on held-out scenes generated with another seed; the parser never looks at images):
 
@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from nscl.checkpoint import load_checkpoint, save_checkpoint
 from nscl.data import SplitPaths, load_split, read_questions
 from nscl.domain import Domain, load_domain
 from nscl.generate.pipeline import GenerateConfig, generate_dataset
@@ -44,7 +45,8 @@ from nscl.inference.evaluate import asked_kind, evaluate_parser, qa_meters
 from nscl.inference.examples import ParserExample, examples_from_questions
 from nscl.inference.guided import guided_parse
 from nscl.inference.scenes import OracleScenes
-from nscl.models.parser import Parser, ParserConfig
+from nscl.language import correct, may_name_a_thing, question_tokens
+from nscl.models.parser import Parser, ParserConfig, parser_from_state, parser_state
 from nscl.run_config import GUIDED_BEAM, ParserTrainConfig
 from nscl.training.parser_supervised import build_vocab, train_supervised
 from nscl.vocab import tokenize
@@ -124,7 +126,13 @@ def read_rate(
     n = len(examples)
     m = evaluate_parser(parser, examples, "t")
     m_unk = evaluate_parser(parser, examples, "t", unknown="unk")
-    questions = [e.question for e in examples]
+    # as nscl ask reads them: spelling and verb-form corrections, then unknown words that may name a thing
+    # refused (ask_*), or every unknown word read as <UNK> (unk_*)
+    questions = [correct(e.question, parser.known_words)[0] for e in examples]
+    names_thing = [
+        any(w not in parser.known_words and may_name_a_thing(w) for w in question_tokens(q))
+        for q in questions
+    ]
     gp = guided_parse(
         parser,
         questions,
@@ -134,21 +142,29 @@ def read_rate(
         asked=[asked_kind(parser, q) for q in questions],
         unknown="unk",
     )
-    chosen = [p if r >= 0 else None for p, r in zip(gp.programs, gp.rank)]
-    _, qa = qa_meters(parser, examples, chosen, scenes, 256, with_gt=False)
-    exact = sum(p is not None and p.canonical() == e.program.canonical() for p, e in zip(chosen, examples))
-    refused = sum(p is None for p in chosen)
-    right = qa.metrics("t")["t/acc/qa"] * n
-    return {
+    out: dict[str, float] = {
         "questions": n,
         "greedy_exact": m["t/acc/program_exact"],
         "greedy_refused": m["t/parse_errors"] / n,
         "greedy_exact_unk": m_unk["t/acc/program_exact"],
-        "ask_exact": exact / n,
-        "ask_right": right / n,
-        "ask_wrong": (n - right - refused) / n,
-        "ask_refused": refused / n,
     }
+    for name, refuse in (("unk", [False] * n), ("ask", names_thing)):
+        chosen = [p if r >= 0 and not no else None for p, r, no in zip(gp.programs, gp.rank, refuse)]
+        _, qa = qa_meters(parser, examples, chosen, scenes, 256, with_gt=False)
+        exact = sum(
+            p is not None and p.canonical() == e.program.canonical() for p, e in zip(chosen, examples)
+        )
+        refused = sum(p is None for p in chosen)
+        right = qa.metrics("t")["t/acc/qa"] * n
+        out.update(
+            {
+                f"{name}_exact": exact / n,
+                f"{name}_right": right / n,
+                f"{name}_wrong": (n - right - refused) / n,
+                f"{name}_refused": refused / n,
+            }
+        )
+    return out
 
 
 def report(
@@ -159,10 +175,14 @@ def report(
         f"  greedy: exact {r['greedy_exact']:.4f} (refused {r['greedy_refused']:.4f}); "
         f"unseen words as <UNK>: exact {r['greedy_exact_unk']:.4f}"
     )
-    print(
-        f"  ask:    exact {r['ask_exact']:.4f}; answers right {r['ask_right']:.4f}, "
-        f"wrong {r['ask_wrong']:.4f}, refused {r['ask_refused']:.4f}"
-    )
+    for name, what in (
+        ("unk", "guided, every unknown word as <UNK>"),
+        ("ask", "nscl ask (refuses words that may name a thing)"),
+    ):
+        print(
+            f"  {what}: exact {r[f'{name}_exact']:.4f}; answers right {r[f'{name}_right']:.4f}, "
+            f"wrong {r[f'{name}_wrong']:.4f}, refused {r[f'{name}_refused']:.4f}"
+        )
     new = sorted({w for e in examples for w in tokenize(e.question)} - set(parser.vocab.index))
     print(f"  words never seen in training ({len(new)}): {', '.join(new[:60]) or 'none'}", flush=True)
 
@@ -181,6 +201,7 @@ def main() -> None:
     ap.add_argument("--runs", default="heldout,cross,clevr")
     ap.add_argument("--clevr", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "clevr")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reuse", action="store_true", help="reuse the parsers a previous run saved under --out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     runs = set(args.runs.split(","))
@@ -198,7 +219,12 @@ def main() -> None:
     results: dict[str, dict] = {}
 
     def run(name: str, title: str, train_dir: Path, test_dir: Path) -> None:
-        parser, secs = train_parser(domain, train_dir, cfg, args.seed)
+        saved = args.out / f"{name}_parser.pth"
+        if args.reuse and saved.exists():
+            parser, secs = parser_from_state(load_checkpoint(saved)["parser"], domain), 0.0
+        else:
+            parser, secs = train_parser(domain, train_dir, cfg, args.seed)
+            save_checkpoint(saved, {"parser": parser_state(parser)})
         test = examples_of(test_dir, domain)
         scenes = OracleScenes(load_split(SplitPaths.resolve(test_dir), domain).scenes, domain)
         r = read_rate(parser, test, scenes, args.guided_beam)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nscl.data import Scene, SceneObject
 from nscl.domain import builtin_domain
 from nscl.generate.questions import QuestionEngine
 from nscl.generate.template_files import load_synonyms, load_templates
@@ -80,3 +81,35 @@ def test_every_clevr_phrasing_expresses_its_program_with_our_lexicon():
     templates = load_templates(CLEVR / "templates")
     generated = questions_per_phrasing(templates, load_synonyms(CLEVR / "synonyms.json"), domain, seed=12)
     check_round_trip(generated, domain)
+
+
+def test_demo_asks_in_a_wording_no_template_uses():
+    """``make demo`` asks :data:`nscl.demo.OWN_WORDING`; no phrasing of ours (any synonym, optional part kept
+    or dropped) reads the same once normalised."""
+    import itertools
+    import re
+
+    from nscl.demo import OWN_WORDING, own_wording
+    from nscl.language import question_tokens
+
+    def key(text: str) -> tuple[str, ...]:
+        text = re.sub(r"<[A-Z]\d*>s?", " ", text)  # slots and the words that fill them drop out
+        return tuple(t for t in question_tokens(text) if t.isalnum())
+
+    filled = OWN_WORDING.format(size="<Z>", material="<M>", shape="<S>")
+    ours = set()
+    for t in load_templates():
+        for text in t.text:
+            parts = re.split(r"(\[[^\]]*\])", text)
+            options = [[p[1:-1], ""] if p.startswith("[") else [p] for p in parts]
+            ours |= {key("".join(c)) for c in itertools.product(*options)}
+    assert key(filled) not in ours
+    assert key("Give the colour of the <Z> <C> <M> <S>.") in ours  # the check sees template phrasings
+
+    def obj(size: str, color: str, material: str, shape: str) -> SceneObject:
+        return SceneObject({"size": size, "color": color, "material": material, "shape": shape})
+
+    objects = [obj("large", "red", "metal", "cube"), obj("large", "blue", "metal", "cube")]
+    scene = Scene(0, "x.png", [*objects, obj("small", "green", "rubber", "sphere")], {})
+    assert own_wording(scene) == [("What's the colour of the tiny matte ball?", "green")]
+    assert own_wording(Scene(0, "x.png", objects, {})) == []

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import SplitPaths, read_questions, read_scenes
+from .data import Scene, SplitPaths, read_questions, read_scenes
 from .device import resolve_device
 from .domain import builtin_domain
 from .errors import NSCLError
@@ -38,6 +38,30 @@ class DemoConfig:
     seed: int = 0  # train data seed; val uses seed + 1
     device: str = "auto"
     progress: bool = True
+
+
+# Words a person might use for the demo's own-wording question (synonyms the templates also know).
+_SAY = {
+    "metal": "shiny",
+    "rubber": "matte",
+    "sphere": "ball",
+    "cube": "block",
+    "large": "big",
+    "small": "tiny",
+}
+OWN_WORDING = "What's the colour of the {size} {material} {shape}?"
+
+
+def own_wording(scene: Scene) -> list[tuple[str, str]]:
+    """[(question, answer)]: :data:`OWN_WORDING` about the first object that its size, material and shape pick
+    out alone in ``scene``; empty when none does."""
+    keys = [tuple(o.attributes.get(a, "") for a in ("size", "material", "shape")) for o in scene.objects]
+    for o, key in zip(scene.objects, keys):
+        if keys.count(key) == 1 and all(key):
+            size, material, shape = (_SAY.get(v, v) for v in key)
+            text = OWN_WORDING.format(size=size, material=material, shape=shape)
+            return [(text, str(o.attributes.get("color")))]
+    return []
 
 
 def run_demo(args: DemoConfig) -> int:
@@ -112,12 +136,13 @@ def run_demo(args: DemoConfig) -> int:
         :3
     ]
     image = val_paths.images / scene.image_filename
-    # One question of our own, answered from the scene annotation. (A bare "How many objects are there?" is
-    # nearly absent from the generated training data: 2 of the demo's 30,000 questions.)
+    # Questions of our own, answered from the scene annotation: a count, and a wording no template uses
+    # (a contraction, British spelling and synonyms), as a person would type it.
     n_spheres = sum(o.attributes.get("shape") == "sphere" for o in scene.objects)
     for text, truth in [
         *((q.question, q.answer) for q in stored),
         ("How many spheres are there?", str(n_spheres)),
+        *own_wording(scene),
     ]:
         print()
         try:
