@@ -221,7 +221,10 @@ def main() -> None:
     def run(name: str, title: str, train_dir: Path, test_dir: Path) -> None:
         saved = args.out / f"{name}_parser.pth"
         if args.reuse and saved.exists():
-            parser, secs = parser_from_state(load_checkpoint(saved)["parser"], domain), 0.0
+            parser, secs = (
+                parser_from_state(load_checkpoint(saved, require=("parser",))["parser"], domain),
+                0.0,
+            )
         else:
             parser, secs = train_parser(domain, train_dir, cfg, args.seed)
             save_checkpoint(saved, {"parser": parser_state(parser)})

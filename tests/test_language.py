@@ -124,8 +124,15 @@ def asked(text: str) -> str | None:
         ("There is a large cube; how many spheres are behind it?", COUNT_ANSWER),
         ("What is the size of the cylinder?", "size"),
         ("What big thing is red?", None),  # "big" names a concept too
-        ("Tell me the color of the cube.", None),  # an imperative: the wording does not say
-        ("Tell me what the cube is made of.", None),
+        ("Tell me the color of the cube.", "color"),
+        ("Tell me what the cube is made of.", "material"),
+        ("How would you describe the shape of the red thing?", "shape"),
+        ("The big ball is what colour?", "color"),
+        ("Tell me whether the color of the cube matches the ball.", BOOL_ANSWER),
+        ("Please count the balls.", COUNT_ANSWER),
+        ("Count the balls.", COUNT_ANSWER),
+        ("Give the number of balls.", COUNT_ANSWER),
+        ("Tell me about the cube.", None),
     ],
 )
 def test_asked_answer_where_the_wording_is_plain(text, kind):

@@ -161,6 +161,7 @@ BOOL_ANSWER, COUNT_ANSWER = "yes/no", "count"
 # yes/no questions that compare two counts, by the NS-CL op that answers them
 MORE, FEWER, AS_MANY = "count_greater", "count_less", "count_equal"
 _YES_NO_OPENERS = frozenset({"is", "are", "does", "do", "was", "were", "has", "have"})
+_CLAUSE_BREAKS = frozenset({";", ":", "-"})  # only the last clause says what is asked
 
 
 def asked_answer(
@@ -171,12 +172,15 @@ def asked_answer(
     comparison of two counts (``count_greater`` for "more ... than", "outnumber", "higher"; ``count_less`` for
     "fewer/less ... than", "outnumbered", "lower"; ``count_equal`` for "as many", "as often", "the same number"),
     or an attribute name ("what color is ...", "which shape ...", "what is the size of ...", "what is its
-    material", "what is ... made of"); None where the wording does not say (imperatives such as "tell me ...",
-    or anything else). Only the last clause counts ("There is a cube; what color is it?"). ``attribute_words`` maps words to attributes (a
+    material", "what is ... made of"). Other openings ("tell me ...", "how would you describe ...") are read
+    by what they contain: "whether" (yes/no), "how many", "the number of", "count" (a count), or one attribute
+    named as "... is what size", "the <attribute> of", "its <attribute>". None where the wording does not say. Only the last clause counts ("There is a cube; what color is it?", after ";", ":" or a
+    dash). ``attribute_words`` maps words to attributes (a
     parser's lexicon); words that also name a concept ("big") are not read as attributes."""
     clause = list(tokens)
-    if ";" in clause:
-        clause = clause[len(clause) - clause[::-1].index(";") :]
+    breaks = [i for i, t in enumerate(clause) if t in _CLAUSE_BREAKS]
+    if breaks:
+        clause = clause[breaks[-1] + 1 :]
     clause = [t for t in clause if t.isalnum()]
     if not clause:
         return None
@@ -217,4 +221,23 @@ def asked_answer(
             return a if clause[2] == "its" or clause[4:5] == ["of"] else None
         if clause[-2:] == ["made", "of"] and (a := attribute_words.get("made")) is not None:
             return a  # "what is the small cube made of"
+    # any other opening ("how would you describe ...", "tell me ...", "name ..."): a plain "whether" asks yes/no,
+    # "how many" / "the number of" a count, and "the <attribute> of" that attribute
+    if "whether" in words:
+        return BOOL_ANSWER
+    if ("how", "many") in pairs or ("number", "of") in pairs or "count" in clause[:2]:
+        return COUNT_ANSWER
+    if clause[-2:] == ["made", "of"] and (a := attribute_words.get("made")) is not None:
+        return a  # "tell me what the cube is made of"
+
+    # "... is what size?" names the asked attribute after a wh-word; else "the <attribute> of" or "its
+    # <attribute>", when the clause names one attribute so ("made of" is no attribute's name here)
+    def after(opener: str) -> set[str]:
+        return {a for w0, w1 in pairs if w0 == opener and w1 != "made" and (a := attribute(w1)) is not None}
+
+    before_of = {a for w0, w1 in pairs if w1 == "of" and w0 != "made" and (a := attribute(w0)) is not None}
+    for named in (after("what"), after("which"), after("its") | before_of):
+        if named:
+            return named.pop() if len(named) == 1 else None
+    return None
     return None
