@@ -45,7 +45,7 @@ from nscl.inference.evaluate import asked_kind, evaluate_parser, qa_meters
 from nscl.inference.examples import ParserExample, examples_from_questions
 from nscl.inference.guided import guided_parse
 from nscl.inference.scenes import OracleScenes
-from nscl.language import correct, may_name_a_thing, question_tokens
+from nscl.language import correct, question_tokens, unknown_thing
 from nscl.models.parser import Parser, ParserConfig, parser_from_state, parser_state
 from nscl.run_config import GUIDED_BEAM, ParserTrainConfig
 from nscl.training.parser_supervised import build_vocab, train_supervised
@@ -130,7 +130,7 @@ def read_rate(
     # refused (ask_*), or every unknown word read as <UNK> (unk_*)
     questions = [correct(e.question, parser.known_words)[0] for e in examples]
     names_thing = [
-        any(w not in parser.known_words and may_name_a_thing(w) for w in question_tokens(q))
+        unknown_thing(question_tokens(q), parser.known_words, parser.lexicon.concepts) is not None
         for q in questions
     ]
     gp = guided_parse(

@@ -21,7 +21,7 @@ from nscl.inference.evaluate import asked_kind
 from nscl.inference.guided import guided_parse
 from nscl.inference.load import load_parser
 from nscl.inference.scenes import OracleScenes
-from nscl.language import correct, may_name_a_thing, question_tokens
+from nscl.language import correct, question_tokens, unknown_thing
 from nscl.program import translate
 from nscl.run_config import GUIDED_BEAM
 from nscl.symbolic import Invalid, SceneFacts, execute_nscl
@@ -42,7 +42,8 @@ def main() -> None:
     scenes = {s.image_index: s for s in read_scenes(args.real / "CLEVR_train_scenes.json", domain)}
     texts = [correct(q.question, parser.known_words)[0] for q in questions]
     refuse = [
-        any(w not in parser.known_words and may_name_a_thing(w) for w in question_tokens(t)) for t in texts
+        unknown_thing(question_tokens(t), parser.known_words, parser.lexicon.concepts) is not None
+        for t in texts
     ]
     gp = guided_parse(
         parser,

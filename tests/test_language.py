@@ -20,6 +20,7 @@ from nscl.language import (
     known_inflection,
     may_name_a_thing,
     near_miss,
+    unknown_thing,
     normalize,
     question_tokens,
     suggest,
@@ -200,3 +201,34 @@ def test_known_inflection_only_for_verbs():
 )
 def test_may_name_a_thing(word, thing):
     assert may_name_a_thing(word) is thing
+
+
+def test_unknown_thing_only_where_things_are_named():
+    known = KNOWN | {
+        "how",
+        "many",
+        "are",
+        "there",
+        "?",
+        "in",
+        "of",
+        "a",
+        "any",
+        "things",
+        "at",
+        "same",
+        "time",
+    }
+    concepts = {"cube", "cubes", "red", "things", "sphere"}
+
+    def check(text: str) -> str | None:
+        return unknown_thing(question_tokens(text), known, concepts)
+
+    assert check("How many zebras are there?") == "zebras"
+    assert check("What is the color of the zebra?") == "zebra"
+    assert check("How many wooden cubes are there?") == "wooden"
+    assert check("Is there a red zebra?") == "zebra"  # after a concept word
+    assert check("In addition, how many red things are there?") is None  # "addition" shapes the sentence
+    assert check("How many red things are there at the same time?") is None
+    assert check("How many red things are currently there?") is None  # not a noun or adjective
+    assert check("How many red cubes are there?") is None

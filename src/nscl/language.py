@@ -129,6 +129,29 @@ def may_name_a_thing(word: str) -> bool:
     return bool(readings.keys() & {"NOUN", "ADJ", "PROPN", "NUM"})
 
 
+# Words after which a noun or adjective names the object talked about ("the zebra", "many zebras").
+_DETERMINERS = frozenset(
+    {"the", "a", "an", "any", "many", "some", "all", "every", "each", "that", "this", "those", "these", "no"}
+)
+
+
+def unknown_thing(
+    tokens: Sequence[str], known: Collection[str], concept_words: Collection[str]
+) -> str | None:
+    """The first unknown word of ``tokens`` that may name something the parser has no concept for, where a thing
+    is named: a noun or adjective (:func:`may_name_a_thing`) right after a determiner or a concept word ("the
+    zebra", "many zebras", "the big zebra") or right before a concept word ("wooden cubes", "pink ball").
+    Unknown words elsewhere ("in addition", "currently", "at the same time") only shape the sentence."""
+    for i, w in enumerate(tokens):
+        if w in known or not may_name_a_thing(w):
+            continue
+        prev = tokens[i - 1] if i > 0 else ""
+        nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
+        if prev in _DETERMINERS or prev in concept_words or nxt in concept_words:
+            return w
+    return None
+
+
 @dataclass(frozen=True)
 class Correction:
     typed: str

@@ -21,7 +21,7 @@ from ..data import Box, parse_scene
 from ..domain import Domain
 from ..errors import DataError, NSCLError
 from ..io import read_json
-from ..language import asked_answer, correct, may_name_a_thing, question_tokens, unknown_word_message
+from ..language import asked_answer, correct, question_tokens, unknown_thing, unknown_word_message
 from ..models.grammar import ParseError
 from ..program import Program
 from ..run_config import GUIDED_BEAM
@@ -54,7 +54,7 @@ class AskResult:
     corrections: list[dict[str, str]] = field(default_factory=list)
     # why a beam candidate replaced the greedy parse, when not for its references
     parse_note: str = ""
-    # unknown words that only shape the sentence ("currently"), read as <UNK> (language.may_name_a_thing)
+    # unknown words that only shape the sentence ("currently"), read as <UNK> (language.unknown_thing)
     ignored: list[str] = field(default_factory=list)
 
     def format_trace(self, shown: int = SHOWN) -> str:
@@ -232,12 +232,12 @@ def ask(
     if correct_spelling:
         fixed, fixes = correct(question, parser.known_words)
         text = fixed if fixes else question
-    # Unknown words left: one that may name a thing the model has no concept for ("zebra") is refused; others
-    # ("currently") are read as <UNK>, which the parser met in training through word dropout.
-    ignored = [w for w in question_tokens(text) if w not in parser.known_words]
-    for w in ignored:
-        if may_name_a_thing(w):
-            raise ParseError(unknown_word_message(question, w, parser.known_words))
+    # Unknown words left: one that may name a thing the model has no concept for ("the zebra") is refused;
+    # others ("currently") are read as <UNK>, which the parser met in training through word dropout.
+    tokens = question_tokens(text)
+    ignored = [w for w in tokens if w not in parser.known_words]
+    if (w := unknown_thing(tokens, parser.known_words, parser.lexicon.concepts)) is not None:
+        raise ParseError(unknown_word_message(question, w, parser.known_words))
     unknown = "unk" if ignored else "error"
     # The wording may say what kind of answer it wants ("what color", "how many", "is there"); a parse that
     # answers something else means the parser does not know the phrasing.
