@@ -20,10 +20,10 @@ from nscl.language import (
     known_inflection,
     may_name_a_thing,
     near_miss,
-    unknown_thing,
     normalize,
     question_tokens,
     suggest,
+    unknown_thing,
     unknown_word_message,
 )
 from nscl.models.grammar import Lexicon
@@ -134,6 +134,9 @@ def asked(text: str) -> str | None:
         ("Count the balls.", COUNT_ANSWER),
         ("Give the number of balls.", COUNT_ANSWER),
         ("Tell me about the cube.", None),
+        ("Tell me whether there are fewer cubes than balls.", "count_less"),
+        ("Is the tally of cubes identical to the tally of balls?", "count_equal"),
+        ("The big cube -- does it have the same size as the ball?", BOOL_ANSWER),
     ],
 )
 def test_asked_answer_where_the_wording_is_plain(text, kind):

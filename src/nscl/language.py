@@ -184,6 +184,7 @@ BOOL_ANSWER, COUNT_ANSWER = "yes/no", "count"
 # yes/no questions that compare two counts, by the NS-CL op that answers them
 MORE, FEWER, AS_MANY = "count_greater", "count_less", "count_equal"
 _YES_NO_OPENERS = frozenset({"is", "are", "does", "do", "was", "were", "has", "have"})
+_COUNT_NOUNS = frozenset({"number", "numbers", "tally", "count", "total", "totals"})
 _CLAUSE_BREAKS = frozenset({";", ":", "-"})  # only the last clause says what is asked
 
 
@@ -213,7 +214,13 @@ def asked_answer(
 
     first = clause[0]
     words, pairs = set(clause), set(zip(clause, clause[1:]))
-    if first in _YES_NO_OPENERS or "counting" in words:
+    if (
+        clause[:2] == ["how", "many"]
+        or clause[:3] == ["what", "number", "of"]
+        or clause[:4] == ["what", "is", "the", "number"]
+    ):
+        return COUNT_ANSWER
+    if first in _YES_NO_OPENERS or "counting" in words or "whether" in words:
         if "outnumbered" in words:
             return FEWER
         if "outnumber" in words or "higher" in words or ("than" in words and words & {"more", "greater"}):
@@ -221,15 +228,9 @@ def asked_answer(
         if "lower" in words or ("than" in words and words & {"fewer", "less"}):
             return FEWER
         if pairs & {("as", "many"), ("as", "often"), ("same", "number"), ("equal", "number")} or (
-            "number" in words and ("same", "as") in pairs
+            words & _COUNT_NOUNS and words & {"same", "equal", "identical", "match", "agree"}
         ):
             return AS_MANY
-    if (
-        clause[:2] == ["how", "many"]
-        or clause[:3] == ["what", "number", "of"]
-        or clause[:4] == ["what", "is", "the", "number"]
-    ):
-        return COUNT_ANSWER
     if first in _YES_NO_OPENERS:
         return BOOL_ANSWER
     if first in ("what", "which") and len(clause) > 1:
