@@ -235,3 +235,5 @@ def test_unknown_thing_only_where_things_are_named():
     assert check("How many red things are there at the same time?") is None
     assert check("How many red things are currently there?") is None  # not a noun or adjective
     assert check("How many red cubes are there?") is None
+    assert check("How many such red things are there?") is None  # closed class
+    assert check("What would you call the red cube?") is None  # a verb after "you"

@@ -129,6 +129,79 @@ def may_name_a_thing(word: str) -> bool:
     return bool(readings.keys() & {"NOUN", "ADJ", "PROPN", "NUM"})
 
 
+# Closed-class words lemminflect also reads as nouns or adjectives; they never name a property.
+_CLOSED_CLASS = frozenset(
+    [
+        "such",
+        "former",
+        "latter",
+        "other",
+        "others",
+        "same",
+        "own",
+        "only",
+        "whole",
+        "entire",
+        "very",
+        "exact",
+        "particular",
+        "certain",
+        "various",
+        "several",
+        "both",
+        "either",
+        "neither",
+        "more",
+        "most",
+        "less",
+        "least",
+        "few",
+        "fewer",
+        "much",
+        "next",
+        "last",
+        "first",
+        "second",
+        "third",
+        "up",
+        "down",
+        "out",
+        "off",
+        "over",
+        "under",
+        "one",
+        "ones",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+    ]
+)
+# Words after which a word with a verb reading is that verb ("you call", "to describe", "would count").
+_BEFORE_VERBS = frozenset(
+    [
+        "i",
+        "you",
+        "we",
+        "they",
+        "to",
+        "would",
+        "could",
+        "can",
+        "will",
+        "shall",
+        "should",
+        "do",
+        "does",
+        "did",
+        "please",
+    ]
+)
 # Words after which a noun or adjective names the object talked about ("the zebra", "many zebras").
 _DETERMINERS = frozenset(
     {"the", "a", "an", "any", "many", "some", "all", "every", "each", "that", "this", "those", "these", "no"}
@@ -143,10 +216,12 @@ def unknown_thing(
     zebra", "many zebras", "the big zebra") or right before a concept word ("wooden cubes", "pink ball").
     Unknown words elsewhere ("in addition", "currently", "at the same time") only shape the sentence."""
     for i, w in enumerate(tokens):
-        if w in known or not may_name_a_thing(w):
+        if w in known or w in _CLOSED_CLASS or not may_name_a_thing(w):
             continue
         prev = tokens[i - 1] if i > 0 else ""
         nxt = tokens[i + 1] if i + 1 < len(tokens) else ""
+        if prev in _BEFORE_VERBS and "VERB" in lemminflect.getAllLemmas(w):
+            continue  # "you would call", "to describe"
         if prev in _DETERMINERS or prev in concept_words or nxt in concept_words:
             return w
     return None
