@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/parser.py [--out DIR] [--train-images 1000] [--val-images 1000] [--seed 0]
         [--epochs 15] [--annotations 270] [--reinforce-epochs 3] [--oracle | --perception CKPT]
-        [--skip-phrasing] [--threads 1]
+        [--threads 1]
 
 Runs, each reported with its wall time:
 
@@ -11,10 +11,9 @@ Runs, each reported with its wall time:
    "above 99.9%" program recovery);
 2. few annotations: K stratified programs (three per family for K = 270), exact match, then REINFORCE on the
    training answers with a frozen perception (``--perception`` NSCL checkpoint, or ``--oracle`` scene logits
-   from the annotations) and exact match / QA with parsed programs again;
-3. phrasing robustness: train on questions generated without the last phrasing of every template, test on
-   questions generated with *only* those phrasings (the generator's ``--templates`` folder); reports exact
-   match with unknown words refused (the parser's default) and read as ``<UNK>``.
+   from the annotations) and exact match / QA with parsed programs again.
+
+Reading wordings the parser never saw (held-out phrasings, CLEVR's own templates) is ``benchmarks/phrasing.py``.
 
 Datasets are generated under ``--out`` (small images: the parser never looks at them) unless ``--train-dir``
 and ``--val-dir`` point at existing splits.
@@ -43,7 +42,6 @@ from nscl.run_config import ParserTrainConfig
 from nscl.training.parser_supervised import build_vocab, stratified_subset, train_supervised
 from nscl.training.reinforce import train_reinforce
 from nscl.training.self_training import PseudoLabels, self_train
-from nscl.vocab import tokenize
 
 
 def generate(
@@ -64,29 +62,6 @@ def generate(
     generate_dataset(cfg, domain, progress=False)
     print(f"  generated {out / split} ({images} images, seed {seed}) in {time.time() - t:.0f}s", flush=True)
     return out / split
-
-
-def split_templates(out: Path) -> tuple[Path, Path]:
-    """Two template folders: every phrasing but the last (train), and only the last one (held out)."""
-    from importlib import resources
-
-    src = resources.files("nscl").joinpath("generate", "templates")
-    train_dir, held_dir = out / "templates_train", out / "templates_heldout"
-    for d in (train_dir, held_dir):
-        d.mkdir(parents=True, exist_ok=True)
-    for f in src.iterdir():
-        if not f.name.endswith(".json"):
-            continue
-        templates = json.loads(f.read_text(encoding="utf-8"))
-        train, held = [], []
-        for t in templates:
-            if len(t["text"]) < 2:
-                raise SystemExit(f"{f.name}: a template with a single phrasing cannot be held out")
-            train.append({**t, "text": t["text"][:-1]})
-            held.append({**t, "text": t["text"][-1:]})
-        (train_dir / f.name).write_text(json.dumps(train, indent=1), encoding="utf-8")
-        (held_dir / f.name).write_text(json.dumps(held, indent=1), encoding="utf-8")
-    return train_dir, held_dir
 
 
 def report(title: str, metrics: dict[str, float], seconds: float) -> None:
@@ -131,15 +106,7 @@ def main() -> None:
     g.add_argument(
         "--perception", default=None, help="REINFORCE with this NSCL checkpoint's perception (frozen)"
     )
-    ap.add_argument("--skip-phrasing", action="store_true")
     ap.add_argument("--skip-full", action="store_true", help="skip the every-annotation run")
-    ap.add_argument(
-        "--phrasing-word-dropout",
-        type=float,
-        nargs="+",
-        default=[0.0, 0.1],
-        help="phrasing run: one parser per word-dropout rate (ordinary words read as <UNK>)",
-    )
     ap.add_argument("--hidden-dim", type=int, default=64)
     ap.add_argument("--embedding-dim", type=int, default=32)
     ap.add_argument(
@@ -265,31 +232,6 @@ def main() -> None:
 
             self_train(parser, train, scenes_train, picked, st_cfg, args.seed, round_labels, round_epoch)
 
-    # 3. held-out phrasings
-    if not args.skip_phrasing:
-        print("\nphrasing robustness data:")
-        tdir, hdir = split_templates(args.out)
-        p_train = generate(args.out / "phrasing_train", args.seed, "train", args.train_images, domain, tdir)
-        p_val = generate(
-            args.out / "phrasing_heldout", args.seed + 1000, "val", args.val_images, domain, hdir
-        )
-        held = examples_from_questions(read_questions(p_val / "questions.json", domain), domain)
-        for rate in args.phrasing_word_dropout:
-            parser, secs = train_full(domain, p_train, dataclasses.replace(cfg, word_dropout=rate), args.seed)
-            new_words = sorted(
-                {
-                    w
-                    for e in held
-                    for w in tokenize(e.question)
-                    if w not in parser.vocab and w not in parser.lexicon.words
-                }
-            )
-            m = evaluate_parser(parser, held, "heldout_phrasing")
-            m_unk = evaluate_parser(parser, held, "heldout_phrasing_unk", unknown="unk")
-            report(f"held-out phrasings, word dropout {rate} (unknown words refused)", m, secs)
-            report(f"held-out phrasings, word dropout {rate} (unknown words read as <UNK>)", m_unk, 0)
-            print(f"  {len(held)} questions; words never seen in training: {', '.join(new_words) or 'none'}")
-            results[f"phrasing_wd{rate}"] = {**m, **m_unk, "seconds": secs, "new_words": new_words}
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print(f"\nresults: {args.out / 'results.json'}")
 
