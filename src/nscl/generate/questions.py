@@ -198,12 +198,15 @@ class QuestionEngine:
             self.reset_counts()
         self._scenes_seen += 1
         sc = _SceneIndex(facts, self.domain)
+        # The wording (phrasing, synonyms, optional words) draws from its own stream, so which questions a seed
+        # asks (programs, answers) does not depend on how many phrasings or synonyms the templates offer.
+        words = _Uniform(np.random.default_rng(int(rng.integers(1 << 62))))
         rnd = _Uniform(rng)
         counts = self._counts
         order = sorted(range(len(self._compiled)), key=counts.questions.__getitem__)
         out: list[GeneratedQuestion] = []
         for k in order:
-            q = self._instantiate(self._compiled[k], counts.answers[k], sc, rnd)
+            q = self._instantiate(self._compiled[k], counts.answers[k], sc, rnd, words)
             if q is None:
                 continue
             counts.questions[k] += 1
@@ -214,9 +217,14 @@ class QuestionEngine:
         return out
 
     def _instantiate(
-        self, ct: _CTemplate, answer_counts: Mapping[str, int], sc: _SceneIndex, rnd: _Uniform
+        self,
+        ct: _CTemplate,
+        answer_counts: Mapping[str, int],
+        sc: _SceneIndex,
+        rnd: _Uniform,
+        words: _Uniform,
     ) -> GeneratedQuestion | None:
-        """One instance of a template by randomised DFS, or None."""
+        """One instance of a template by randomised DFS (``rnd``), or None; its wording draws from ``words``."""
         ranked = sorted(answer_counts.values())
         if len(ranked) >= 2:
             limit = min(1.1 * ranked[-2], 5.0 * max(ranked[len(ranked) // 2], 5))
@@ -227,7 +235,7 @@ class QuestionEngine:
             return None
         nodes, vals, answer = found
         program = ClevrProgram(tuple(ClevrNode(f, i, v) for f, i, v in nodes))
-        text = self._text(ct, vals, rnd)
+        text = self._text(ct, vals, words)
         t = ct.template
         params = tuple((p["name"], vals[p["name"]]) for p in t.params if p["name"] in vals)
         return GeneratedQuestion(text, program, answer, t.family, t.filename, params)
