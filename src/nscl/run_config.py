@@ -60,7 +60,9 @@ class ParserTrainConfig:
     self_train_rounds: int = 2
     self_train_lr: float = 5e-4
     supervised_weight: float = 1.0  # REINFORCE steps also fit a batch of the K annotations
-    word_dropout: float = 0.0  # supervised: read ordinary words as <UNK> with this probability
+    # supervised: read ordinary words as <UNK> with this probability, so that a word never seen in training
+    # (read as <UNK> by nscl ask) does not derail the parse (benchmarks/phrasing.py)
+    word_dropout: float = 0.1
     # "new": a fresh parser; "load": continue from the parser of the --load checkpoint (e.g. more REINFORCE
     # epochs with parser.epochs=0; the K annotations are drawn as before, with the same seed)
     init: ParserInit = "new"
