@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from nscl.checkpoint import save_checkpoint
-from nscl.domain import Domain
+from nscl.domain import Domain, builtin_domain
 from nscl.errors import NSCLError
 from nscl.inference.ask import AskResult, ask, prepare_image, read_boxes
 from nscl.inference.execute import run_programs
@@ -212,7 +212,8 @@ def test_wrong_kind_of_answer_is_replaced_or_refused(setup: dict) -> None:
     # "How many things are there?" is a count in the parser's eyes; asking for a yes/no there is refused
     with pytest.raises(
         NSCLError,
-        match=r"reads it as count\(scene\(\)\), which answers a count, but the question asks for a yes/no",
+        match=r"reads it as count\(scene\(\)\), which answers a count, but the question asks for a yes/no.*"
+        r"try one like 'Are there any red cubes\?'",
     ):
         ask(setup["ckpt"], setup["image"], "Are many things there?", boxes_json=setup["boxes"], guided_beam=0)
 
@@ -248,3 +249,18 @@ def test_errors_are_clear(setup: dict, domain: Domain) -> None:
         ask(setup["ckpt"], setup["image"], "How many things are there?")
     with pytest.raises(NSCLError, match="image_index 99999"):
         read_boxes(setup["image"], domain, scene_json=setup["scenes"], index=99999)
+
+
+def test_refusal_examples_ask_what_they_stand_for() -> None:
+    """Each wording the wrong-kind refusal suggests is read as the kind it is suggested for."""
+    from nscl.inference.ask import _KNOWN_WORDING
+    from nscl.language import asked_answer, question_tokens
+    from nscl.models.grammar import Lexicon
+
+    lex = Lexicon.build(builtin_domain())
+    examples = {
+        **_KNOWN_WORDING,
+        **{a: f"What is the {a} of the red cube?" for a in ("color", "size", "shape")},
+    }
+    for kind, text in examples.items():
+        assert asked_answer(question_tokens(text), lex.attributes, lex.concepts) == kind, text

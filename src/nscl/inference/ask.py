@@ -310,10 +310,22 @@ def describe_asked(asked: str | None) -> str:
     return f"yes/no ({_COMPARISONS[asked]})" if asked in _COMPARISONS else str(asked)
 
 
+# A wording the packaged templates use, per kind of answer asked: the refusal's "try" hint.
+_KNOWN_WORDING = {
+    "count": "How many red cubes are there?",
+    "yes/no": "Are there any red cubes?",
+    "count_greater": "Are there more red cubes than spheres?",
+    "count_less": "Are there fewer red cubes than spheres?",
+    "count_equal": "Are there as many red cubes as spheres?",
+}
+
+
 def wrong_kind(question: str, program: Program, asked: str | None) -> ParseError:
-    """The refusal for a parse that answers another kind of answer than the wording asks for."""
+    """The refusal for a parse that answers another kind of answer than the wording asks for, with a wording
+    of that kind the parser knows."""
+    example = _KNOWN_WORDING.get(str(asked), f"What is the {asked} of the red cube?")
     return ParseError(
         f"cannot answer {question!r}: the parser reads it as {program.to_str()}, which answers a "
         f"{describe_answer(program)}, but the question asks for a {describe_asked(asked)}; the parser does not "
-        "know this phrasing"
+        f"know this phrasing (try one like {example!r})"
     )
