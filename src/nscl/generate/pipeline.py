@@ -134,6 +134,7 @@ def run_chunk(job: ChunkJob) -> dict:
         load_templates(Path(cfg.templates) if cfg.templates else None),
         load_synonyms(Path(cfg.synonyms) if cfg.synonyms else None),
         questions_per_image=cfg.questions_per_image,
+        wording_seed=np.random.SeedSequence(cfg.seed, spawn_key=(SPLIT_CODES[job.split], job.chunk, 1)),
     )
     seq = np.random.SeedSequence(cfg.seed, spawn_key=(SPLIT_CODES[job.split], job.chunk))
     rng = np.random.default_rng(seq)

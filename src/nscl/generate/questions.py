@@ -137,7 +137,8 @@ class QuestionEngine:
     The engine keeps, per template, the number of questions made and the count of each answer; both are
     reset every ``reset_every`` scenes (the first :meth:`generate` call resets them). ``max_states`` bounds
     the number of search states visited for one template on one scene (CLEVR has no bound); a search that
-    reaches it gives up on that template for that scene.
+    reaches it gives up on that template for that scene. ``wording_seed`` seeds the separate random stream the
+    wording (phrasing, synonyms, optional words) draws from.
     """
 
     def __init__(
@@ -150,6 +151,7 @@ class QuestionEngine:
         reset_every: int = 250,
         max_states: int = 200_000,
         memoize: bool = True,
+        wording_seed: int | Sequence[int] | np.random.SeedSequence = 0,
     ) -> None:
         if questions_per_image < 1:
             raise ValueError("questions_per_image must be at least 1")
@@ -166,6 +168,10 @@ class QuestionEngine:
         self.reset_every = reset_every
         self.max_states = max_states
         self.memoize = memoize
+        # The wording (phrasing, synonyms, optional words) draws from its own stream, so which questions a seed
+        # asks (programs, answers), and the scenes drawn after them, do not depend on the wording the templates
+        # offer.
+        self._words = np.random.default_rng(wording_seed)
         self._ops = _make_ops(domain)
         self._compiled = tuple(_compile_template(t, domain, self._ops) for t in self.templates)
         self._scenes_seen = 0
@@ -198,9 +204,7 @@ class QuestionEngine:
             self.reset_counts()
         self._scenes_seen += 1
         sc = _SceneIndex(facts, self.domain)
-        # The wording (phrasing, synonyms, optional words) draws from its own stream, so which questions a seed
-        # asks (programs, answers) does not depend on how many phrasings or synonyms the templates offer.
-        words = _Uniform(np.random.default_rng(int(rng.integers(1 << 62))))
+        words = _Uniform(self._words)
         rnd = _Uniform(rng)
         counts = self._counts
         order = sorted(range(len(self._compiled)), key=counts.questions.__getitem__)
