@@ -1,4 +1,4 @@
-"""Questions as people type them: the hand-written set ``benchmarks/data/typed_questions.json`` (100 questions
+"""Questions as people type them: the hand-written set ``benchmarks/data/typed_questions.json`` (120 questions,
 about the first ten held-out images of ``nscl demo``, our own words, with their programs) asked through
 ``nscl ask`` with a trained checkpoint; each is answered right, answered wrong, or refused.
 
