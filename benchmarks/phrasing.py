@@ -141,6 +141,7 @@ def read_rate(
         beam,
         asked=[asked_kind(parser, q) for q in questions],
         unknown="unk",
+        cover=True,
     )
     out: dict[str, float] = {
         "questions": n,

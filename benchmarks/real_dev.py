@@ -53,6 +53,7 @@ def main() -> None:
         args.guided_beam,
         asked=[asked_kind(parser, t) for t in texts],
         unknown="unk",
+        cover=True,
     )
     right = wrong = refused = exact = 0
     for q, p, rank, no in zip(questions, gp.programs, gp.rank, refuse):

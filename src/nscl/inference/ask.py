@@ -28,7 +28,7 @@ from ..run_config import GUIDED_BEAM
 from .confidence import parse_logps
 from .dataset import load_image
 from .execute import decode_answer, run_programs
-from .guided import answer_kind, answers_as_asked, guided_parse
+from .guided import answer_kind, answers_as_asked, guided_parse, uncovered
 from .load import load
 from .trace import TraceObject, TraceStep, trace_program
 
@@ -218,8 +218,8 @@ def ask(
     ``beam_size`` then goes unused. With 0, the parse is a beam of ``beam_size``. With ``correct_spelling``, a
     word the parser does not know that is one typo away from exactly one word it knows is read as that word
     (``nscl.language.correct``), and the result says so. With ``check_kind``, a parse must answer the kind of
-    answer the wording asks for (:func:`nscl.language.asked_answer`): a beam candidate that does, or a
-    refusal."""
+    answer the wording asks for (:func:`nscl.language.asked_answer`) and use every concept the question names
+    (:func:`nscl.inference.guided.covers`): a beam candidate that does, or a refusal."""
     ck = load(checkpoint_path, device, need_model=True, need_parser=True)
     model, parser, domain = ck.model, ck.parser, ck.domain
     assert model is not None and parser is not None
@@ -261,6 +261,7 @@ def ask(
             greedy=greedy,
             asked=[asked],
             unknown=unknown,
+            cover=check_kind,
         )
         program, rank = gp.programs[0], gp.rank[0]
         got = describe_answer(greedy[0][0])  # type: ignore[arg-type]
@@ -268,6 +269,11 @@ def ask(
             if rank <= 0:  # no candidate answers as asked with unambiguous references
                 raise wrong_kind(question, greedy[0][0], asked)  # type: ignore[arg-type]
             note = f"the greedy parse answered a {got} where the question asks for a {describe_asked(asked)}"
+        elif check_kind and (left := uncovered(program, tokens, parser.lexicon)):  # type: ignore[arg-type]
+            raise ParseError(
+                f"cannot answer {question!r}: the parser reads it as {program.to_str()}, which leaves out "  # type: ignore[union-attr]
+                f"{', '.join(map(repr, left))}; the parser does not know this phrasing"
+            )
     else:
         programs, errors = parser.parse_many([text], beam_size, unknown)
         if errors[0] is not None:

@@ -74,7 +74,7 @@ def evaluate_parser(
     (and per type): QA and exact match of execution-guided parses (:func:`guided_parse`, which ``nscl ask``
     uses), ``{prefix}/guided_changed``, how many parses the check replaced, and ``{prefix}/guided_refused``,
     how many it could not repair. ``check_kind`` also holds guided parses to the kind of answer the wording
-    asks for (:func:`nscl.language.asked_answer`), as ``nscl ask`` does. ``unknown``: ``"error"`` refuses
+    asks for (:func:`nscl.language.asked_answer`) and to every concept it names, as ``nscl ask`` does. ``unknown``: ``"error"`` refuses
     questions with words the parser never saw, ``"unk"`` reads those words as ``<UNK>``."""
     programs, errors = parser.parse_many([e.question for e in examples], beam_size, unknown, batch_size)
     metrics = _exact_metrics(examples, programs, prefix, "program_exact")
@@ -96,6 +96,7 @@ def evaluate_parser(
                 (programs, errors) if beam_size <= 1 else None,
                 [asked_kind(parser, e.question) for e in examples] if check_kind else None,
                 unknown,
+                check_kind,
             )
             _, guided = qa_meters(parser, examples, gp.programs, scenes, batch_size, with_gt=False)
             metrics.update(

@@ -13,10 +13,11 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..language import AS_MANY, BOOL_ANSWER, COUNT_ANSWER, FEWER, MORE
+from ..language import AS_MANY, BOOL_ANSWER, COUNT_ANSWER, FEWER, MORE, question_tokens
 from ..models.executor import Compiler
+from ..models.grammar import Lexicon
 from ..models.parser import Parser
-from ..program import Program
+from ..program import Program, iter_concepts
 from ..run_config import GUIDED_BEAM, MIN_REFERENT_P
 from .execute import referent_logps
 from .scenes import SceneSource
@@ -53,6 +54,26 @@ def answers_as_asked(asked: str | None, program: Program) -> bool:
     if asked in (MORE, FEWER, AS_MANY):
         return program.nodes[-1].op == asked
     return answer_kind(program) == asked
+
+
+def uncovered(program: Program, tokens: Sequence[str], lexicon: Lexicon) -> list[str]:
+    """The words of ``tokens`` that name a concept or relation ``program`` does not use. CLEVR's questions name
+    each concept of their program, so a parse that leaves a named one out ("either cubes or blue things: how
+    many?" read as a count of cubes) misreads the question. A word that also names an attribute ("big": size)
+    is covered when the program asks about that attribute."""
+    used = set(iter_concepts(program))
+    attributes = {n.attribute for n in program.nodes if n.attribute}
+    out = []
+    for w in tokens:
+        c = lexicon.concepts.get(w) or lexicon.relations.get(w)
+        if c is not None and c not in used and lexicon.attributes.get(w) not in attributes:
+            out.append(w)
+    return out
+
+
+def covers(program: Program, tokens: Sequence[str], lexicon: Lexicon) -> bool:
+    """Whether ``program`` uses every concept and relation the question names (:func:`uncovered`)."""
+    return not uncovered(program, tokens, lexicon)
 
 
 def same_answer(greedy: Program | None, cand: Program) -> bool:
@@ -97,6 +118,7 @@ def guided_parse(
     greedy: tuple[list[Program | None], list[str | None]] | None = None,
     asked: Sequence[str | None] | None = None,
     unknown: str = "error",
+    cover: bool = False,
 ) -> GuidedParse:
     """Execution-guided decoding. The greedy parse is kept when its references pass (``Output.referent_logp``
     at least log ``min_referent_p`` on the question's image); otherwise the beam's ``beam_size`` best
@@ -105,7 +127,8 @@ def guided_parse(
     the caller has it. ``asked``: per question, the kind of answer its wording asks for
     (:func:`nscl.language.asked_answer`, None where it does not say); a parse must also answer that kind, and
     candidates are then held to it instead of to the greedy parse's kind. ``unknown``: ``"unk"`` reads words
-    the parser never saw as ``<UNK>`` (the greedy parse and the candidates), ``"error"`` refuses them."""
+    the parser never saw as ``<UNK>`` (the greedy parse and the candidates), ``"error"`` refuses them. ``cover``:
+    a parse must also use every concept the question names (:func:`covers`)."""
     domain = parser.domain
     compiler = Compiler(domain)
     bar = math.log(min_referent_p) if min_referent_p > 0 else -math.inf
@@ -113,17 +136,30 @@ def guided_parse(
     programs, errors = list(programs), list(errors)
     want = list(asked) if asked is not None else [None] * len(questions)
 
+    tokens = [question_tokens(q) for q in questions] if cover else []
+
     def as_asked(i: int, p: Program | None) -> bool:
-        return p is not None and answers_as_asked(want[i], p)
+        return (
+            p is not None
+            and answers_as_asked(want[i], p)
+            and (not cover or covers(p, tokens[i], parser.lexicon))
+        )
 
     lp = referent_logps(programs, image_indices, scenes, domain, batch_size, compiler)
     # unknown words get no candidates and stay errors
-    retry = [i for i, v in enumerate(lp) if v < bar or (errors[i] is None and not as_asked(i, programs[i]))]
+    checked = [w is not None or cover for w in want]
+    retry = [
+        i
+        for i, v in enumerate(lp)
+        if v < bar or (errors[i] is None and checked[i] and not as_asked(i, programs[i]))
+    ]
 
     def passes(idx: list[int], cands: list[Program]) -> list[bool]:
         lps = referent_logps(cands, [image_indices[i] for i in idx], scenes, domain, batch_size, compiler)
         return [
-            v >= bar and (as_asked(i, p) if want[i] is not None else same_answer(programs[i], p))
+            v >= bar
+            and (as_asked(i, p) if checked[i] else True)
+            and (want[i] is not None or same_answer(programs[i], p))
             for i, p, v in zip(idx, cands, lps)
         ]
 
