@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +20,7 @@ from nscl.errors import NSCLError
 from nscl.inference.evaluate import evaluate_parser
 from nscl.inference.examples import ParserExample, examples_from_questions
 from nscl.inference.execute import answer_targets, run_programs
-from nscl.inference.guided import guided_parse
+from nscl.inference.guided import checked_parse, guided_parse
 from nscl.inference.load import load_parser
 from nscl.inference.questions_file import nscl_to_clevr, parse_questions_file
 from nscl.inference.scenes import OracleScenes
@@ -566,6 +567,7 @@ class _ScriptedParser:
 
     def __init__(self, domain: Domain, greedy: dict, candidates: dict) -> None:
         self.domain, self.greedy, self.candidates = domain, greedy, candidates
+        self.lexicon = Lexicon.build(domain)
 
     def parse_many(self, questions, beam_size=1, unknown="error", batch_size=256):
         return [self.greedy[q] for q in questions], [None] * len(questions)
@@ -613,6 +615,34 @@ def test_guided_parse_holds_parses_to_the_asked_answer(domain: Domain, gen_split
     # a: the shape query and the ambiguous one are passed over; b: the count is kept (nothing asked);
     # c: no candidate answers a color, the greedy parse comes back marked -1
     assert g.rank == [4, 0, -1] and g.programs == [unique, count_cubes, count_cubes]
+
+
+def test_checked_parse_holds_parses_to_the_wording_without_an_image(domain: Domain) -> None:
+    """``nscl parse``'s check: the kind of answer asked and every concept named, from the beam, or the greedy
+    parse when no candidate passes."""
+    P = functools.partial(program_from_str, domain=domain)
+    q_color, q_or, q_free, q_miss = (
+        "What color is the red cube?",
+        "Either cubes or blue things: how many?",
+        "Tell me about the cube.",
+        "How many purple spheres are there?",
+    )
+    union = P("count(union(filter(scene(), [cube]), filter(scene(), [blue])))")
+    greedy = {
+        q_color: P("count(filter(scene(), [red, cube]))"),
+        q_or: P("count(filter(scene(), [cube]))"),
+        q_free: P("query(shape, filter(scene(), [cube]))"),
+        q_miss: P("count(filter(scene(), [purple]))"),
+    }
+    cands = {
+        q_color: [greedy[q_color], P("query(color, filter(scene(), [red, cube]))")],
+        q_or: [greedy[q_or], union],
+        q_free: [],
+        q_miss: [greedy[q_miss], P("count(filter(scene(), [sphere]))")],
+    }
+    qs = [q_color, q_or, q_free, q_miss]
+    programs, errors = checked_parse(_ScriptedParser(domain, greedy, cands), qs)  # type: ignore[arg-type]
+    assert programs == [cands[q_color][1], union, greedy[q_free], greedy[q_miss]] and errors == [None] * 4
 
 
 def test_reward_needs_unambiguous_references(domain: Domain, gen_split) -> None:

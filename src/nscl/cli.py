@@ -431,9 +431,17 @@ def _parse_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="read words outside the parser's vocabulary as <UNK> instead of refusing the question",
     )
+    p.add_argument(
+        "--check-beam",
+        type=int,
+        default=8,
+        help="hold each parse to its wording (the kind of answer asked, every concept named), taking a candidate "
+        "of a beam of this size where the greedy parse fails; 0: plain decoding with --beam",
+    )
 
 
 def cmd_parse(args: argparse.Namespace) -> int:
+    from .inference.guided import checked_parse
     from .inference.load import load_parser
     from .inference.questions_file import parse_questions_file
 
@@ -444,14 +452,17 @@ def cmd_parse(args: argparse.Namespace) -> int:
     parser = load_parser(args.load)
     unknown = "unk" if args.unknown_as_unk else "error"
     if args.questions:
-        programs, errors = parser.parse_many(args.questions, args.beam, unknown)
+        if args.check_beam > 0:
+            programs, errors = checked_parse(parser, args.questions, args.check_beam, unknown)
+        else:
+            programs, errors = parser.parse_many(args.questions, args.beam, unknown)
         for q, prog, err in zip(args.questions, programs, errors):
             print(f"{q}\n  {prog.to_str() if prog is not None else 'error: ' + str(err)}")
         if any(e is not None for e in errors) and not args.questions_json:
             return 1
     if args.questions_json:
         counts = parse_questions_file(
-            parser, args.questions_json, args.output, args.beam, args.skip_errors, unknown
+            parser, args.questions_json, args.output, args.beam, args.skip_errors, unknown, args.check_beam
         )
         log.info(
             "wrote %s (%d questions, %d parsed, %d errors)",

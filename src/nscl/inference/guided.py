@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..language import AS_MANY, BOOL_ANSWER, COUNT_ANSWER, FEWER, MORE, question_tokens
+from ..language import AS_MANY, BOOL_ANSWER, COUNT_ANSWER, FEWER, MORE, asked_answer, question_tokens
 from ..models.executor import Compiler
 from ..models.grammar import Lexicon
 from ..models.parser import Parser
@@ -169,3 +169,36 @@ def guided_parse(
     for i, (k, p) in chosen.items():
         rank[i], programs[i], errors[i] = k, p, None
     return GuidedParse(programs, errors, rank)
+
+
+def checked_parse(
+    parser: Parser,
+    questions: Sequence[str],
+    beam_size: int = GUIDED_BEAM,
+    unknown: str = "error",
+    batch_size: int = 256,
+) -> tuple[list[Program | None], list[str | None]]:
+    """Parses held to the wording without an image: the greedy parse where it answers the kind of answer the
+    wording asks for (:func:`nscl.language.asked_answer`) and uses every concept it names (:func:`covers`),
+    else the first of the beam's ``beam_size`` candidates that does, else the greedy parse. Returns programs
+    and errors as :meth:`Parser.parse_many`."""
+    programs, errors = parser.parse_many(questions, 1, unknown, batch_size)
+    programs, errors = list(programs), list(errors)
+    tokens = [question_tokens(q) for q in questions]
+    want = [asked_answer(t, parser.lexicon.attributes, parser.lexicon.concepts) for t in tokens]
+
+    def ok(i: int, p: Program | None) -> bool:
+        return p is not None and answers_as_asked(want[i], p) and covers(p, tokens[i], parser.lexicon)
+
+    retry = [i for i, p in enumerate(programs) if errors[i] is None and not ok(i, p)]
+    chosen = beam_fallback(
+        parser,
+        questions,
+        retry,
+        beam_size,
+        lambda idx, cands: [ok(i, p) for i, p in zip(idx, cands)],
+        unknown,
+    )
+    for i, (_, p) in chosen.items():
+        programs[i] = p
+    return programs, errors

@@ -12,6 +12,7 @@ from ..io import atomic_write_json, read_json
 from ..models.grammar import ParseError
 from ..models.parser import Parser
 from ..program import ClevrNode, ClevrProgram, Program
+from .guided import checked_parse
 from .load import load_parser
 
 
@@ -76,11 +77,14 @@ def parse_questions_file(
     beam_size: int = 1,
     skip_errors: bool = False,
     unknown: str = "error",
+    check: int = 0,
 ) -> dict[str, int]:
     """Write ``output``: the questions of ``questions_json`` (every field kept) with the parser's program,
     NS-CL form under ``program_nscl`` and CLEVR form under ``program`` (replacing the original one, which
     is kept under ``program_original``). A question that cannot be parsed raises ParseError naming it, or
-    with ``skip_errors`` gets ``parse_error`` (and no program). Returns counts."""
+    with ``skip_errors`` gets ``parse_error`` (and no program). ``check`` > 0 holds each parse to its wording
+    with a beam of that size (:func:`nscl.inference.guided.checked_parse`) instead of decoding with
+    ``beam_size``. Returns counts."""
     if not isinstance(parser, Parser):
         parser = load_parser(parser)
     data = read_json(questions_json)
@@ -92,7 +96,10 @@ def parse_questions_file(
         if not isinstance(r, dict) or not isinstance(r.get("question"), str):
             raise DataError(f"{questions_json}: question {i}: missing required key 'question'")
         texts.append(r["question"])
-    programs, errors = parser.parse_many(texts, beam_size, unknown)
+    if check > 0:
+        programs, errors = checked_parse(parser, texts, check, unknown)
+    else:
+        programs, errors = parser.parse_many(texts, beam_size, unknown)
     out = []
     n_err = 0
     for i, (r, p, e) in enumerate(zip(records, programs, errors)):
