@@ -5,6 +5,11 @@ CLEVR's engine only asks questions whose every reference ("the cube left of the 
 object, so a program reading an empty or crowded set as one object is unlikely to be the question's.
 ``Output.referent_logp`` measures it. :func:`beam_fallback` is shared with self-training
 (``training/self_training.py``), which uses the answer as its check instead.
+
+Two checks need only the wording: the parse answers the kind of answer the question asks for
+(:func:`answers_as_asked`) and uses every concept it names (:func:`covers`). ``nscl ask`` adds them to the
+reference check (:func:`guided_parse` with ``asked`` and ``cover``); ``nscl parse`` applies them alone
+(:func:`checked_parse`).
 """
 
 from __future__ import annotations
