@@ -71,6 +71,10 @@ class ParserTrainConfig:
     # exactly one object with probability below this (Output.referent_logp) earns no reward, however it
     # answers, and execution-guided decoding (guided_beam > 0) rejects such parses. 0 turns the check off.
     min_referent_p: float = MIN_REFERENT_P
+    # the REINFORCE reward and self-training labels also require a program to fit its question's wording: the
+    # kind of answer asked and every concept named (inference/guided.WordingCheck); a right answer reached by a
+    # program that ignores "blue" in "cubes or blue things" earns nothing
+    wording_reward: bool = True
     guided_beam: int = GUIDED_BEAM  # evaluation and ask: beam of execution-guided decoding; 0 = off
     model: ParserConfig = field(default_factory=ParserConfig)
 

@@ -76,6 +76,28 @@ def uncovered(program: Program, tokens: Sequence[str], lexicon: Lexicon) -> list
     return out
 
 
+class WordingCheck:
+    """Whether a program fits its question's wording: it answers the kind of answer asked
+    (:func:`answers_as_asked`) and uses every concept named (:func:`covers`). Each question's reading is
+    computed once."""
+
+    def __init__(self, lexicon: Lexicon) -> None:
+        self.lexicon = lexicon
+        self._read: dict[str, tuple[list[str], str | None]] = {}
+
+    def __call__(self, question: str, program: Program | None) -> bool:
+        if program is None:
+            return False
+        if question not in self._read:
+            tokens = question_tokens(question)
+            self._read[question] = (
+                tokens,
+                asked_answer(tokens, self.lexicon.attributes, self.lexicon.concepts),
+            )
+        tokens, asked = self._read[question]
+        return answers_as_asked(asked, program) and covers(program, tokens, self.lexicon)
+
+
 def covers(program: Program, tokens: Sequence[str], lexicon: Lexicon) -> bool:
     """Whether ``program`` uses every concept and relation the question names (:func:`uncovered`)."""
     return not uncovered(program, tokens, lexicon)

@@ -18,6 +18,7 @@ from torch import Tensor
 from ..errors import NSCLError
 from ..inference.examples import ParserExample, image_batches
 from ..inference.execute import answer_targets, run_programs
+from ..inference.guided import WordingCheck
 from ..inference.scenes import SceneSource
 from ..losses import Targets, qa_loss
 from ..models.executor import Compiler, Output
@@ -104,6 +105,7 @@ def train_reinforce(
     opt = make_optimizer(parser.parameters(), cfg.reinforce_lr, cfg.weight_decay)
     baseline = MovingAverage(cfg.baseline_momentum)
     compiler = Compiler(domain)
+    fits = WordingCheck(parser.lexicon) if cfg.wording_reward else None
     rng = np.random.default_rng([seed, 19])
     history = []
     for epoch in range(1, cfg.reinforce_epochs + 1):
@@ -128,6 +130,10 @@ def train_reinforce(
                     dec.programs, rows, scene, domain, True, compiler, referents=cfg.min_referent_p > 0
                 )
                 correct = rewarded(out, tgt, cfg.min_referent_p)
+                if fits is not None:
+                    questions = [e.question for e in batch for _ in range(cfg.samples)]
+                    fit = [fits(q, p) for q, p in zip(questions, dec.programs)]
+                    correct = correct & torch.tensor(fit, dtype=torch.bool, device=correct.device)
                 qa = None
                 if cfg.reward == "release":
                     out_soft, _ = run_programs(dec.programs, rows, scene, domain, False, compiler)

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..inference.examples import ParserExample
 from ..inference.execute import answer_targets, run_chunks
-from ..inference.guided import beam_fallback
+from ..inference.guided import WordingCheck, beam_fallback
 from ..inference.scenes import SceneSource
 from ..models.executor import Compiler
 from ..models.parser import Parser
@@ -43,14 +43,17 @@ def pseudo_label(
     beam_size: int = 8,
     min_referent_p: float = 0.05,
     batch_size: int = 256,
+    wording: bool = True,
 ) -> PseudoLabels:
     """Label each answered question with the parser's most probable program that earns the REINFORCE
     reward (:func:`rewarded`: the right answer, unambiguous references): the greedy parse, else the first
-    such candidate of a beam of ``beam_size``. Supervised training on these labels (``parser.self_train_epochs``)
+    such candidate of a beam of ``beam_size``. With ``wording``, a program must also fit the question's wording
+    (:class:`~nscl.inference.guided.WordingCheck`). Supervised training on these labels (``parser.self_train_epochs``)
     turns the answers into sharp targets, as maximum marginal likelihood with beam search does."""
     domain = parser.domain
     compiler = Compiler(domain)
     usable = [e for e in examples if e.answer is not None]
+    fits = WordingCheck(parser.lexicon) if wording else None
 
     def reward(progs: Sequence[Program | None], exs: Sequence[ParserExample]) -> list[bool]:
         ok = [False] * len(progs)
@@ -58,7 +61,7 @@ def pseudo_label(
         for idx, out, scene in run_chunks(progs, images, scenes, domain, batch_size, compiler):
             tgt = answer_targets([exs[i].answer for i in idx], domain, scene.mask.device)  # type: ignore[misc]
             for i, g in zip(idx, rewarded(out, tgt, min_referent_p).cpu().tolist()):
-                ok[i] = bool(g)
+                ok[i] = bool(g) and (fits is None or fits(exs[i].question, progs[i]))
         return ok
 
     # image-grouped order, so each scene batch covers few images
@@ -98,7 +101,9 @@ def self_train(
     st_cfg = replace(cfg, epochs=cfg.self_train_epochs, min_steps=0, lr=cfg.self_train_lr)
     for rnd in range(1, cfg.self_train_rounds + 1):
         t0 = time.time()
-        pl = pseudo_label(parser, examples, scenes, max(cfg.guided_beam, 1), cfg.min_referent_p)
+        pl = pseudo_label(
+            parser, examples, scenes, max(cfg.guided_beam, 1), cfg.min_referent_p, wording=cfg.wording_reward
+        )
         log.info(
             "parser self-training round %d: %d programs from greedy parses, %d from the beam, %d questions "
             "without a rewarded program (%.0fs)",
