@@ -139,7 +139,7 @@ def main() -> None:
         min_referent_p=args.min_referent_p,
         guided_beam=args.guided_beam,
     )
-    guided = {"guided_beam": args.guided_beam, "min_referent_p": args.min_referent_p}
+    guided = {"guided_beam": args.guided_beam, "min_referent_p": args.min_referent_p, "check_kind": True}
     results: dict[str, dict] = {}
     args.out.mkdir(parents=True, exist_ok=True)
 

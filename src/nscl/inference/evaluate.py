@@ -180,8 +180,9 @@ def evaluate_parser_on_dataset(
 ) -> dict[str, float]:
     """Parser metrics for the evaluation of a checkpoint with a parser: ``{prefix}/acc/program_exact``,
     ``{prefix}/acc/qa_parsed`` and ``qa_guided`` (and per type) and ``{prefix}/parse_errors`` on the QADataset
-    questions ``question_ids`` (``questions``: the split's questions, which ``ds.q_index`` points into). The
-    ground-truth ``acc/qa`` keys are left to :func:`evaluate`."""
+    questions ``question_ids`` (``questions``: the split's questions, which ``ds.q_index`` points into); guided
+    parses are held to the wording as ``nscl ask`` holds them. The ground-truth ``acc/qa`` keys are left to
+    :func:`evaluate`."""
     all_ex = examples_from_questions(questions, parser.domain)
     examples = [all_ex[int(ds.q_index[i])] for i in question_ids]
     m = evaluate_parser(
@@ -191,6 +192,7 @@ def evaluate_parser_on_dataset(
         ModelScenes(model, ds, device),
         guided_beam=guided_beam,
         min_referent_p=min_referent_p,
+        check_kind=True,
     )
     return {k: v for k, v in m.items() if not k.startswith(f"{prefix}/acc/qa/") and k != f"{prefix}/acc/qa"}
 

@@ -109,7 +109,7 @@ def read_parser_data(
 
 
 def _validate(data: ParserData, parser: Parser, pcfg: ParserTrainConfig, device: torch.device) -> dict:
-    guided = {"guided_beam": pcfg.guided_beam, "min_referent_p": pcfg.min_referent_p}
+    guided = {"guided_beam": pcfg.guided_beam, "min_referent_p": pcfg.min_referent_p, "check_kind": True}
     rec: dict[str, float] = {}
     if data.dev:
         rec.update(
