@@ -115,7 +115,7 @@ def main() -> None:
         default=0.05,
         help="REINFORCE: no reward below this probability of unambiguous references (0: off)",
     )
-    ap.add_argument("--self-train-rounds", type=int, default=2, help="self-training rounds after REINFORCE")
+    ap.add_argument("--self-train-rounds", type=int, default=4, help="self-training rounds after REINFORCE")
     ap.add_argument(
         "--self-train-epochs", type=int, default=3, help="supervised epochs per self-training round"
     )

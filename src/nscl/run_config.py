@@ -57,7 +57,7 @@ class ParserTrainConfig:
     # the K annotations, for self_train_epochs supervised epochs at self_train_lr. A later round relabels with
     # the sharper parser, so a phrasing whose labels were split between two programs settles on the right one.
     self_train_epochs: int = 3
-    self_train_rounds: int = 2
+    self_train_rounds: int = 4
     self_train_lr: float = 5e-4
     supervised_weight: float = 1.0  # REINFORCE steps also fit a batch of the K annotations
     # supervised: read ordinary words as <UNK> with this probability, so that a word never seen in training
