@@ -18,10 +18,11 @@ Runs (each on held-out scenes generated with another seed; the parser never look
 
 Every run reports, over the test questions:
 
-* ``greedy``: program exact match of the greedy parse, words never seen in training refused (the default of
-  ``nscl parse``) and read as ``<UNK>``;
-* ``ask``: what ``nscl ask`` does (``<UNK>`` for unseen words, execution-guided beam on the scene, parses
-  held to the kind of answer the wording asks for): exact match, and the answers of the chosen programs
+* ``greedy``: program exact match of the greedy parse, words never seen in training refused and read as
+  ``<UNK>``;
+* ``ask``: what ``nscl ask`` does (``nscl.inference.guided.read_as_ask``: corrections, a refusal for an unseen
+  word that may name a thing, ``<UNK>`` for other unseen words, execution-guided beam on the scene, parses held
+  to the kind of answer asked and to every concept named): exact match, and the answers of the chosen programs
   executed on the scene annotations, right / wrong / refused.
 """
 
@@ -41,11 +42,10 @@ from nscl.checkpoint import load_checkpoint, save_checkpoint
 from nscl.data import SplitPaths, load_split, read_questions
 from nscl.domain import Domain, load_domain
 from nscl.generate.pipeline import GenerateConfig, generate_dataset
-from nscl.inference.evaluate import asked_kind, evaluate_parser, qa_meters
+from nscl.inference.evaluate import evaluate_parser, qa_meters
 from nscl.inference.examples import ParserExample, examples_from_questions
-from nscl.inference.guided import guided_parse
+from nscl.inference.guided import read_as_ask
 from nscl.inference.scenes import OracleScenes
-from nscl.language import correct, question_tokens, unknown_thing
 from nscl.models.parser import Parser, ParserConfig, parser_from_state, parser_state
 from nscl.run_config import GUIDED_BEAM, ParserTrainConfig
 from nscl.training.parser_supervised import build_vocab, train_supervised
@@ -126,46 +126,23 @@ def read_rate(
     n = len(examples)
     m = evaluate_parser(parser, examples, "t")
     m_unk = evaluate_parser(parser, examples, "t", unknown="unk")
-    # as nscl ask reads them: spelling and verb-form corrections, then unknown words that may name a thing
-    # refused (ask_*), or every unknown word read as <UNK> (unk_*)
-    questions = [correct(e.question, parser.known_words)[0] for e in examples]
-    names_thing = [
-        unknown_thing(question_tokens(q), parser.known_words, parser.lexicon.concepts) is not None
-        for q in questions
-    ]
-    gp = guided_parse(
-        parser,
-        questions,
-        [e.image_index for e in examples],
-        scenes,
-        beam,
-        asked=[asked_kind(parser, q) for q in questions],
-        unknown="unk",
-        cover=True,
+    chosen = read_as_ask(
+        parser, [e.question for e in examples], [e.image_index for e in examples], scenes, beam
     )
-    out: dict[str, float] = {
+    _, qa = qa_meters(parser, examples, chosen, scenes, 256, with_gt=False)
+    exact = sum(p is not None and p.canonical() == e.program.canonical() for p, e in zip(chosen, examples))
+    refused = sum(p is None for p in chosen)
+    right = qa.metrics("t")["t/acc/qa"] * n
+    return {
         "questions": n,
         "greedy_exact": m["t/acc/program_exact"],
         "greedy_refused": m["t/parse_errors"] / n,
         "greedy_exact_unk": m_unk["t/acc/program_exact"],
+        "ask_exact": exact / n,
+        "ask_right": right / n,
+        "ask_wrong": (n - right - refused) / n,
+        "ask_refused": refused / n,
     }
-    for name, refuse in (("unk", [False] * n), ("ask", names_thing)):
-        chosen = [p if r >= 0 and not no else None for p, r, no in zip(gp.programs, gp.rank, refuse)]
-        _, qa = qa_meters(parser, examples, chosen, scenes, 256, with_gt=False)
-        exact = sum(
-            p is not None and p.canonical() == e.program.canonical() for p, e in zip(chosen, examples)
-        )
-        refused = sum(p is None for p in chosen)
-        right = qa.metrics("t")["t/acc/qa"] * n
-        out.update(
-            {
-                f"{name}_exact": exact / n,
-                f"{name}_right": right / n,
-                f"{name}_wrong": (n - right - refused) / n,
-                f"{name}_refused": refused / n,
-            }
-        )
-    return out
 
 
 def report(
@@ -176,14 +153,10 @@ def report(
         f"  greedy: exact {r['greedy_exact']:.4f} (refused {r['greedy_refused']:.4f}); "
         f"unseen words as <UNK>: exact {r['greedy_exact_unk']:.4f}"
     )
-    for name, what in (
-        ("unk", "guided, every unknown word as <UNK>"),
-        ("ask", "nscl ask (refuses words that may name a thing)"),
-    ):
-        print(
-            f"  {what}: exact {r[f'{name}_exact']:.4f}; answers right {r[f'{name}_right']:.4f}, "
-            f"wrong {r[f'{name}_wrong']:.4f}, refused {r[f'{name}_refused']:.4f}"
-        )
+    print(
+        f"  ask:    exact {r['ask_exact']:.4f}; answers right {r['ask_right']:.4f}, "
+        f"wrong {r['ask_wrong']:.4f}, refused {r['ask_refused']:.4f}"
+    )
     new = sorted({w for e in examples for w in tokenize(e.question)} - set(parser.vocab.index))
     print(f"  words never seen in training ({len(new)}): {', '.join(new[:60]) or 'none'}", flush=True)
 

@@ -17,11 +17,9 @@ from pathlib import Path
 
 from nscl.data import read_questions, read_scenes
 from nscl.errors import ProgramError
-from nscl.inference.evaluate import asked_kind
-from nscl.inference.guided import guided_parse
+from nscl.inference.guided import read_as_ask
 from nscl.inference.load import load_parser
 from nscl.inference.scenes import OracleScenes
-from nscl.language import correct, question_tokens, unknown_thing
 from nscl.program import translate
 from nscl.run_config import GUIDED_BEAM
 from nscl.symbolic import Invalid, SceneFacts, execute_nscl
@@ -40,24 +38,16 @@ def main() -> None:
     domain = parser.domain
     questions = read_questions(args.real / "CLEVR_train_questions.json", domain)
     scenes = {s.image_index: s for s in read_scenes(args.real / "CLEVR_train_scenes.json", domain)}
-    texts = [correct(q.question, parser.known_words)[0] for q in questions]
-    refuse = [
-        unknown_thing(question_tokens(t), parser.known_words, parser.lexicon.concepts) is not None
-        for t in texts
-    ]
-    gp = guided_parse(
+    chosen = read_as_ask(
         parser,
-        texts,
+        [q.question for q in questions],
         [q.image_index for q in questions],
         OracleScenes(scenes, domain),
         args.guided_beam,
-        asked=[asked_kind(parser, t) for t in texts],
-        unknown="unk",
-        cover=True,
     )
     right = wrong = refused = exact = 0
-    for q, p, rank, no in zip(questions, gp.programs, gp.rank, refuse):
-        if p is None or rank < 0 or no:
+    for q, p in zip(questions, chosen):
+        if p is None:
             refused += 1
             verdict = "refused"
         else:

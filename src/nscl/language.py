@@ -6,9 +6,10 @@ cube color"). It is the identity on text without apostrophes, so parsers trained
 :func:`suggest` and :func:`correct` use edit distance (rapidfuzz) against the words a parser knows: suggestions
 for a refusal message, and corrections of near misses ("cilinder" -> "cylinder") that ``nscl ask`` applies and
 reports. :func:`correct` also reads an unknown form of a known verb as that form ("sat" -> "sits"), with
-lemminflect's English lemma and inflection tables. :func:`may_name_a_thing` tells an unknown word that may name something the parser
-has no concept for ("zebra", "wooden", "pink": refuse) from one that only shapes the sentence ("currently",
-"situated": read as ``<UNK>``).
+lemminflect's English lemma and inflection tables. :func:`unknown_thing` finds an unknown word that may name
+something the parser has no concept for ("the zebra", "wooden cubes": refuse), as opposed to one that only shapes
+the sentence ("currently", "in addition": read as ``<UNK>``). :func:`asked_answer` reads what kind of answer the
+wording asks for.
 """
 
 from __future__ import annotations
@@ -273,9 +274,10 @@ def asked_answer(
     or an attribute name ("what color is ...", "which shape ...", "what is the size of ...", "what is its
     material", "what is ... made of"). Other openings ("tell me ...", "how would you describe ...") are read
     by what they contain: "whether" (yes/no), "how many", "the number of", "count" (a count), or one attribute
-    named as "... is what size", "the <attribute> of", "its <attribute>". None where the wording does not say. Only the last clause counts ("There is a cube; what color is it?", after ";", ":" or a
-    dash). ``attribute_words`` maps words to attributes (a
-    parser's lexicon); words that also name a concept ("big") are not read as attributes."""
+    named as "... is what size", "the <attribute> of", "its <attribute>". None where the wording does not say.
+    Only the last clause counts ("There is a cube; what color is it?", after ";", ":" or a dash).
+    ``attribute_words`` maps words to attributes (a parser's lexicon); words that also name a concept ("big")
+    are not read as attributes."""
     clause = list(tokens)
     breaks = [i for i, t in enumerate(clause) if t in _CLAUSE_BREAKS]
     if breaks:

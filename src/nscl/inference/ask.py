@@ -21,14 +21,14 @@ from ..data import Box, parse_scene
 from ..domain import Domain
 from ..errors import DataError, NSCLError
 from ..io import read_json
-from ..language import asked_answer, correct, question_tokens, unknown_thing, unknown_word_message
+from ..language import correct, question_tokens, unknown_thing, unknown_word_message
 from ..models.grammar import ParseError
 from ..program import Program
 from ..run_config import GUIDED_BEAM
 from .confidence import parse_logps
 from .dataset import load_image
 from .execute import decode_answer, run_programs
-from .guided import answer_kind, answers_as_asked, guided_parse, uncovered
+from .guided import answer_kind, answers_as_asked, asked_kind, guided_parse, uncovered
 from .load import load
 from .trace import TraceObject, TraceStep, trace_program
 
@@ -241,11 +241,7 @@ def ask(
     unknown = "unk" if ignored else "error"
     # The wording may say what kind of answer it wants ("what color", "how many", "is there"); a parse that
     # answers something else means the parser does not know the phrasing.
-    asked = (
-        asked_answer(question_tokens(text), parser.lexicon.attributes, parser.lexicon.concepts)
-        if check_kind
-        else None
-    )
+    asked = asked_kind(parser, text) if check_kind else None
     rank, note = 0, ""
     if guided_beam > 0:
         greedy = parser.parse_many([text], 1, unknown)

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from ..data import Question, SplitPaths, load_split
-from ..language import asked_answer, question_tokens
 from ..losses import Targets, qa_loss
 from ..metrics import ConceptMeter, QAMeter, scene_annotations
 from ..models.nscl import NSCL
@@ -22,7 +21,7 @@ from ..run_config import GUIDED_BEAM, MIN_REFERENT_P
 from .dataset import QADataset, split_train_dev
 from .examples import ParserExample, examples_from_questions, image_batches
 from .execute import answer_targets, run_programs
-from .guided import guided_parse
+from .guided import asked_kind, guided_parse
 from .load import load
 from .scenes import ModelScenes, SceneSource
 
@@ -108,12 +107,6 @@ def evaluate_parser(
                 sum(r < 0 or p is None for r, p in zip(gp.rank, gp.programs))
             )
     return metrics
-
-
-def asked_kind(parser: Parser, question: str) -> str | None:
-    """The kind of answer ``question``'s wording asks for, read with ``parser``'s lexicon
-    (:func:`nscl.language.asked_answer`)."""
-    return asked_answer(question_tokens(question), parser.lexicon.attributes, parser.lexicon.concepts)
 
 
 def _exact_metrics(

@@ -18,7 +18,17 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..language import AS_MANY, BOOL_ANSWER, COUNT_ANSWER, FEWER, MORE, asked_answer, question_tokens
+from ..language import (
+    AS_MANY,
+    BOOL_ANSWER,
+    COUNT_ANSWER,
+    FEWER,
+    MORE,
+    asked_answer,
+    correct,
+    question_tokens,
+    unknown_thing,
+)
 from ..models.executor import Compiler
 from ..models.grammar import Lexicon
 from ..models.parser import Parser
@@ -76,6 +86,17 @@ def uncovered(program: Program, tokens: Sequence[str], lexicon: Lexicon) -> list
     return out
 
 
+def covers(program: Program, tokens: Sequence[str], lexicon: Lexicon) -> bool:
+    """Whether ``program`` uses every concept and relation the question names (:func:`uncovered`)."""
+    return not uncovered(program, tokens, lexicon)
+
+
+def asked_kind(parser: Parser, question: str) -> str | None:
+    """The kind of answer ``question``'s wording asks for, read with ``parser``'s lexicon
+    (:func:`nscl.language.asked_answer`)."""
+    return asked_answer(question_tokens(question), parser.lexicon.attributes, parser.lexicon.concepts)
+
+
 class WordingCheck:
     """Whether a program fits its question's wording: it answers the kind of answer asked
     (:func:`answers_as_asked`) and uses every concept named (:func:`covers`). Each question's reading is
@@ -96,11 +117,6 @@ class WordingCheck:
             )
         tokens, asked = self._read[question]
         return answers_as_asked(asked, program) and covers(program, tokens, self.lexicon)
-
-
-def covers(program: Program, tokens: Sequence[str], lexicon: Lexicon) -> bool:
-    """Whether ``program`` uses every concept and relation the question names (:func:`uncovered`)."""
-    return not uncovered(program, tokens, lexicon)
 
 
 def same_answer(greedy: Program | None, cand: Program) -> bool:
@@ -185,7 +201,7 @@ def guided_parse(
         lps = referent_logps(cands, [image_indices[i] for i in idx], scenes, domain, batch_size, compiler)
         return [
             v >= bar
-            and (as_asked(i, p) if checked[i] else True)
+            and (not checked[i] or as_asked(i, p))
             and (want[i] is not None or same_answer(programs[i], p))
             for i, p, v in zip(idx, cands, lps)
         ]
@@ -211,21 +227,47 @@ def checked_parse(
     and errors as :meth:`Parser.parse_many`."""
     programs, errors = parser.parse_many(questions, 1, unknown, batch_size)
     programs, errors = list(programs), list(errors)
-    tokens = [question_tokens(q) for q in questions]
-    want = [asked_answer(t, parser.lexicon.attributes, parser.lexicon.concepts) for t in tokens]
-
-    def ok(i: int, p: Program | None) -> bool:
-        return p is not None and answers_as_asked(want[i], p) and covers(p, tokens[i], parser.lexicon)
-
-    retry = [i for i, p in enumerate(programs) if errors[i] is None and not ok(i, p)]
+    fits = WordingCheck(parser.lexicon)
+    retry = [i for i, p in enumerate(programs) if errors[i] is None and not fits(questions[i], p)]
     chosen = beam_fallback(
         parser,
         questions,
         retry,
         beam_size,
-        lambda idx, cands: [ok(i, p) for i, p in zip(idx, cands)],
+        lambda idx, cands: [fits(questions[i], p) for i, p in zip(idx, cands)],
         unknown,
     )
     for i, (_, p) in chosen.items():
         programs[i] = p
     return programs, errors
+
+
+def read_as_ask(
+    parser: Parser,
+    questions: Sequence[str],
+    image_indices: Sequence[int],
+    scenes: SceneSource,
+    beam_size: int = GUIDED_BEAM,
+    min_referent_p: float = MIN_REFERENT_P,
+) -> list[Program | None]:
+    """Many questions read as ``nscl ask`` reads one (``inference/ask.py``), for benchmarks: spelling and
+    verb-form corrections, a refusal (None) for an unknown word that may name a thing
+    (:func:`nscl.language.unknown_thing`), other unknown words as ``<UNK>``, then :func:`guided_parse` held to
+    the wording; a question no candidate passes for is refused too."""
+    texts = [correct(q, parser.known_words)[0] for q in questions]
+    refused = [
+        unknown_thing(question_tokens(t), parser.known_words, parser.lexicon.concepts) is not None
+        for t in texts
+    ]
+    gp = guided_parse(
+        parser,
+        texts,
+        image_indices,
+        scenes,
+        beam_size,
+        min_referent_p,
+        asked=[asked_kind(parser, t) for t in texts],
+        unknown="unk",
+        cover=True,
+    )
+    return [p if r >= 0 and not no else None for p, r, no in zip(gp.programs, gp.rank, refused)]
