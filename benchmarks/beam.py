@@ -14,7 +14,6 @@ compared (actions and ``failed`` flags; largest score difference).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from machine import cpu_model
 from nscl.domain import Domain, load_domain
 from nscl.errors import ProgramError
 from nscl.generate.questions import QuestionEngine
@@ -48,16 +48,6 @@ def questions(domain: Domain, n: int, seed: int) -> list[tuple[str, Program]]:
             except ProgramError:  # equal_object: no NS-CL op
                 continue
     return out[:n]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -530,13 +530,19 @@ _register(
 )
 
 
+def _all_commands() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]]:
+    from .cli_images import COMMANDS as IMAGE_COMMANDS
+
+    return {**COMMANDS, **IMAGE_COMMANDS}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nscl", description="Neuro-Symbolic Concept Learner on modern PyTorch.")
     p.add_argument("--version", action="version", version=f"nscl {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (help_, add, handler) in COMMANDS.items():
+    for name, (help_, add, handler) in _all_commands().items():
         sp = sub.add_parser(name, help=help_, description=help_)
         add(sp)
         sp.set_defaults(handler=handler)

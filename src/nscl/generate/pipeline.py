@@ -97,18 +97,6 @@ class ChunkJob:
     stop: int
 
 
-def _rle(ids: np.ndarray, k: int) -> tuple[dict, list[int]]:
-    """COCO RLE of object k's pixels in an (H, W) id buffer, and its xyxy box (exclusive max)."""
-    from pycocotools import mask as mask_utils
-
-    m = ids == k
-    rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    ys, xs = np.nonzero(m)
-    box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"]}, box
-
-
 def _save_png(path: Path, image: np.ndarray) -> None:
     from PIL import Image
 
@@ -119,6 +107,7 @@ def run_chunk(job: ChunkJob) -> dict:
     """Render and question one chunk; returns its scene and question records."""
     from .questions import QuestionEngine
     from .render import render
+    from .scene_masks import encode_masks
     from .template_files import load_synonyms, load_templates
 
     cfg, domain = job.cfg, job.domain
@@ -153,8 +142,10 @@ def run_chunk(job: ChunkJob) -> dict:
             seed=int(rng.integers(2**31)),
         )
         record = sampled.record
-        for k, obj in enumerate(record["objects"]):
-            obj["mask"], obj["box"] = _rle(result.object_ids, k)
+        for obj, (rle, box, _area) in zip(
+            record["objects"], encode_masks(result.object_ids, len(record["objects"]))
+        ):
+            obj["mask"], obj["box"] = rle, box  # every object is visible (the scene sampler ensures it)
         _save_png(image_dir / filename, result.image)
         scenes.append(record)
         facts = SceneFacts(
