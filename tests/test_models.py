@@ -14,11 +14,18 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import roi_align
 
+from nscl.config import ConfigError
 from nscl.losses import MISMATCH_LOSS, Targets, qa_loss
 from nscl.models.concepts import ConceptConfig
 from nscl.models.executor import Output
 from nscl.models.nscl import NSCL, ModelConfig
-from nscl.models.perception import Perception, PerceptionConfig, SceneFeatures, box_geometry
+from nscl.models.perception import (
+    Perception,
+    PerceptionConfig,
+    SceneFeatures,
+    box_geometry,
+    photometric_jitter,
+)
 from nscl.program import translate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -364,6 +371,35 @@ def test_box_jitter_moves_pooling_not_geometry(domain):
     with torch.no_grad():  # eval mode: deterministic, no jitter
         a, b = p(images, boxes, mask), p(images, boxes, mask)
     torch.testing.assert_close(a.objects, b.objects)
+
+
+def test_photometric_jitter_keeps_hue_and_only_acts_in_training(domain):
+    torch.manual_seed(2)
+    x = 0.25 + 0.3 * torch.rand(6, 3, 10, 12)  # away from 0 and 1, so no channel is clipped
+    y = photometric_jitter(x, 0.2)
+    assert y.shape == x.shape and float((y - x).abs().mean()) > 0.01
+    assert torch.equal(x.argmax(1), y.argmax(1)) and torch.equal(x.argmin(1), y.argmin(1))  # hue order kept
+    grey = torch.full((1, 3, 4, 4), 0.4)
+    assert torch.allclose(
+        photometric_jitter(grey, 0.3).std(dim=1), torch.zeros(1, 4, 4), atol=1e-6
+    )  # grey stays grey
+    images, boxes, mask = random_inputs(2, 48, 64, [3, 2], seed=7)
+    torch.manual_seed(0)
+    p = Perception(dataclasses.replace(SMALL, photometric=0.3))
+    p.eval()
+    with torch.no_grad():
+        a, b = p(images, boxes, mask), p(images, boxes, mask)
+    torch.testing.assert_close(a.objects, b.objects)
+    plain = Perception(dataclasses.replace(SMALL, photometric=0.0))
+    plain.load_state_dict(p.state_dict())
+    p.train()
+    plain.train()
+    with torch.no_grad():
+        c, d = p(images, boxes, mask), plain(images, boxes, mask)
+    torch.testing.assert_close(d.objects, a.objects)  # nothing else differs between the modes
+    assert not torch.allclose(c.objects, d.objects, atol=1e-4)
+    with pytest.raises(ConfigError, match="photometric"):
+        PerceptionConfig(photometric=1.5)
 
 
 # --------------------------------------------------------------------------------------------- CUDA

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from ..config import check_options
+from ..config import ConfigError, check_options
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,9 +47,14 @@ class PerceptionConfig:
     # pooled box by up to this fraction of the box's width or height.
     flip: bool = False
     box_jitter: float = 0.0
+    # Photometric jitter of each training image (see photometric_jitter): exposure, contrast, gamma and
+    # saturation drawn within +-this fraction; hue is never changed, so colours keep their names. 0: off.
+    photometric: float = 0.0
 
     def __post_init__(self) -> None:
         check_options(self, "model.perception.")
+        if not 0.0 <= self.photometric < 1.0:
+            raise ConfigError(f"model.perception.photometric must be in [0, 1), got {self.photometric}")
 
 
 @dataclass
@@ -122,6 +127,27 @@ class ResNet34Trunk(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x)
+
+
+def photometric_jitter(images: Tensor, strength: float) -> Tensor:
+    """Random per-image exposure, contrast, gamma and saturation, hue unchanged.
+
+    images (Tensor[B, 3, H, W]) float in [0, 1] -> same shape, clamped to [0, 1]. Each factor is drawn per
+    image: gamma exp(U(-s, s)); contrast about the image's mean grey 1 + U(-s, s); saturation (distance from
+    each pixel's grey) 1 + U(-s/2, s/2); exposure (gain) 1 + U(-s, s). A renderer's look differs from another's
+    mostly in these (how bright metal highlights are, how hard the light is), not in hue.
+    """
+    B = images.shape[0]
+
+    def draw(scale: float) -> Tensor:
+        return (torch.rand(B, 1, 1, 1, device=images.device) * 2 - 1) * scale  # (B, 1, 1, 1)
+
+    x = images.clamp(1e-6, 1.0) ** torch.exp(draw(strength))
+    grey = x.mean(dim=1, keepdim=True)  # (B, 1, H, W)
+    x = grey + (x - grey) * (1 + draw(strength / 2))
+    mean = grey.mean(dim=(2, 3), keepdim=True)  # (B, 1, 1, 1)
+    x = mean + (x - mean) * (1 + draw(strength))
+    return (x * (1 + draw(strength))).clamp(0.0, 1.0)
 
 
 def box_geometry(boxes: Tensor, height: int, width: int) -> Tensor:
@@ -205,6 +231,8 @@ class Perception(nn.Module):
             images = images.float() / 255.0
         B, _, H, W = images.shape
         N = boxes.shape[1]
+        if self.training and self.cfg.photometric > 0:
+            images = photometric_jitter(images, self.cfg.photometric)
         x = (images - self.mean) / self.std
         pool_boxes = boxes  # (B, N, 4) where features are pooled; geometry always uses `boxes`
         if self.training and (self.cfg.flip or self.cfg.box_jitter > 0):
