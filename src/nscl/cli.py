@@ -485,6 +485,9 @@ def _ask_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--index", type=int, default=None, help="image_index of the scene in --scene-json")
     p.add_argument("--boxes-json", default=None, help="JSON list of object boxes [x0, y0, x1, y1] in pixels")
+    p.add_argument(
+        "--detector", default=None, help="find the objects with this detector (nscl train-detector)"
+    )
     p.add_argument("--beam", type=int, default=1, help="parser beam size without guidance (1: greedy)")
     p.add_argument(
         "--guided-beam",
@@ -519,6 +522,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         device=resolve_device(args.device),
         guided_beam=args.guided_beam,
         correct_spelling=not args.no_correct,
+        detector=args.detector,
     )
     print(json.dumps(res.to_json(), indent=1) if args.json else res.format_trace())
     return 0
@@ -532,8 +536,9 @@ _register(
 
 def _all_commands() -> dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]]:
     from .cli_images import COMMANDS as IMAGE_COMMANDS
+    from .cli_serve import COMMANDS as SERVE_COMMANDS
 
-    return {**COMMANDS, **IMAGE_COMMANDS}
+    return {**COMMANDS, **IMAGE_COMMANDS, **SERVE_COMMANDS}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -68,10 +68,133 @@ def cmd_masks(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------- detector
+def _train_detector_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir", required=True, help="training split folder (scenes.json with boxes or masks, images/)"
+    )
+    p.add_argument("--val-dir", default=None, help="held-out split folder, scored every epoch")
+    p.add_argument("--run-dir", default="runs/detector", help="where the log, metrics and checkpoint go")
+    p.add_argument(
+        "--config", default=None, help="detector training config JSON (DetectorTrainConfig fields)"
+    )
+    p.add_argument("--epochs", type=int, default=None, help="[16]")
+    p.add_argument("--minutes", type=float, default=None, help="stop after this much training time")
+    p.add_argument("--seed", type=int, default=None, help="[0]")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true")
+    _domain_flag(p)
+
+
+def cmd_train_detector(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from .device import resolve_device
+    from .domain import load_domain
+    from .io import read_json
+    from .training.detector import DetectorTrainConfig, train_detector
+
+    cfg = DetectorTrainConfig.from_dict(read_json(args.config) if args.config else None)
+    overrides = {k: getattr(args, k) for k in ("epochs", "minutes", "seed") if getattr(args, k) is not None}
+    try:
+        cfg = dataclasses.replace(cfg, **overrides)
+    except ValueError as e:
+        raise NSCLError(str(e)) from None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    metrics = train_detector(
+        cfg,
+        args.data_dir,
+        args.val_dir,
+        args.run_dir,
+        resolve_device(args.device),
+        progress=not args.no_progress,
+        domain=load_domain(args.domain),
+    )
+    for k, v in sorted(metrics.items()):
+        print(f"{k} = {v:.6f}")
+    log.info("checkpoint: %s/checkpoint_last.pth", args.run_dir)
+    return 0
+
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def _detect_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--load", required=True, help="detector checkpoint (nscl train-detector)")
+    p.add_argument("--images", required=True, nargs="+", help="image files, or folders of .png/.jpg images")
+    p.add_argument(
+        "--out", default=None, help="scenes file to write (objects_detection); default: print a summary"
+    )
+    p.add_argument("--threshold", type=float, default=None, help="score threshold [the detector's own]")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    import re
+    import time
+    from pathlib import Path
+
+    from .device import resolve_device
+    from .errors import DataError
+    from .inference.detect import detect_images, load_detector
+    from .io import atomic_write_json
+
+    paths: list[Path] = []
+    for item in map(Path, args.images):
+        if item.is_dir():
+            found = sorted(f for f in item.iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES)
+            if not found:
+                raise DataError(f"{item}: no .png or .jpg images in this folder")
+            paths.extend(found)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise DataError(f"{item}: no such image file or folder")
+    device = resolve_device(args.device)
+    detector = load_detector(args.load, device)
+    t0 = time.perf_counter()
+    records = detect_images(detector, paths, device, args.threshold)
+    dt = time.perf_counter() - t0
+    # CLEVR names images <prefix>_<split>_<index>.png: keep that index, so questions files match the scenes.
+    numbers = [re.search(r"(\d+)$", p.stem) for p in paths]
+    by_name = all(numbers) and len({int(m.group(1)) for m in numbers if m}) == len(paths)
+    for i, (r, path, m) in enumerate(zip(records, paths, numbers)):
+        r["image_filename"] = path.name
+        r["image_index"] = int(m.group(1)) if by_name and m else i
+    if args.out:
+        atomic_write_json(args.out, {"info": {"detector": str(args.load)}, "scenes": records})
+    else:
+        for r in records:
+            print(f"{r['image_filename']}: {len(r['objects_detection'])} objects")
+    log.info(
+        "%d images, %d objects in %.1f s (%.1f images/s)%s",
+        len(records),
+        sum(len(r["objects_detection"]) for r in records),
+        dt,
+        len(records) / max(dt, 1e-9),
+        f" -> {args.out}" if args.out else "",
+    )
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] = {
     "masks": (
         "add object masks and boxes to annotated CLEVR scenes (camera fitted to pixel_coords)",
         _masks_flags,
         "nscl.cli_images:cmd_masks",
+    ),
+    "train-detector": (
+        "train the object detector for images without boxes on a generated split",
+        _train_detector_flags,
+        "nscl.cli_images:cmd_train_detector",
+    ),
+    "detect": (
+        "find the objects of images with a trained detector; writes a scenes file (objects_detection)",
+        _detect_flags,
+        "nscl.cli_images:cmd_detect",
     ),
 }

@@ -177,4 +177,8 @@ def run_demo(args: DemoConfig) -> int:
         f"ask your own: nscl ask --load {pres.checkpoint} --image {image} --scene-json {val_paths.scenes} "
         f'--index {scene.image_index} "How many large cubes are there?"'
     )
+    print(
+        f"or on a web page: nscl serve --load {pres.checkpoint} --data-dir {val_paths.images.parent} "
+        "(then open http://127.0.0.1:8000/)"
+    )
     return 0

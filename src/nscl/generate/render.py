@@ -53,6 +53,9 @@ _RUBBER_SHEEN = 0.3  # scales the Fresnel weight of the sheen (keeps silhouettes
 _METAL_ALPHAS = ((0.6, 0.04), (0.4, 0.2))  # (weight, GGX alpha) lobes of the metal highlight
 _METAL_BLUR = 0.04  # std-dev of the jitter of the metal reflection direction (blurred mirror)
 _METAL_RAYS = 4  # jittered reflection rays per metal shading point
+_METAL_SPECULAR = (
+    6.0  # scale of the lamps' GGX highlights on metal: benchmarks/look.py matches real CLEVR's metal
+)
 _METAL_DIFFUSE = 0.08  # small diffuse share of metal (Blender's blurred glossy is never pure mirror)
 _ESCAPE_RADIANCE = 0.4  # radiance seen by reflection rays that leave the scene (near-black world)
 _AO_STRENGTH = 0.9  # how much of the ambient an object resting on the floor removes right under it
@@ -460,7 +463,9 @@ def _shade_band(
             spread = 0.5 * ld.radius / np.sqrt(((ld.pos[:, None] - pm) ** 2).sum(0))  # lamp's angular size
             spec += ld.color[:, None] * (e[metal] * _highlight(nm, vm, ldir[:, metal], _METAL_ALPHAS, spread))
         diffuse = irr[:, metal] + amb[metal]
-        rad[:, metal] = albedo[:, metal] * ((1 - _METAL_DIFFUSE) * (mirror + spec) + _METAL_DIFFUSE * diffuse)
+        rad[:, metal] = albedo[:, metal] * (
+            (1 - _METAL_DIFFUSE) * (mirror + _METAL_SPECULAR * spec) + _METAL_DIFFUSE * diffuse
+        )
 
     rad[:, ~hit] = 0.0
     return rad

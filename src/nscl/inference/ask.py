@@ -1,8 +1,8 @@
 """``nscl ask``: answer one question about one image with a trained checkpoint, showing every step.
 
 The checkpoint is an NSCL checkpoint whose ``parser`` key holds the semantic parser. Object boxes come from a
-scene file (``objects[i].box`` xyxy pixels, or a COCO RLE ``mask``) or from a boxes JSON file (a list of
-``[x0, y0, x1, y1]``, or ``{"boxes": [...]}``). The image is resized as in training: height ``image_height`` of
+scene file (``objects[i].box`` xyxy pixels, or a COCO RLE ``mask``), from a boxes JSON file (a list of
+``[x0, y0, x1, y1]``, or ``{"boxes": [...]}``) or from a detector checkpoint (``nscl train-detector``). The image is resized as in training: height ``image_height`` of
 the checkpoint's config, width keeping the aspect ratio, boxes scaled alike. The answer is the batched
 executor's quantised answer; the step-by-step account comes from :mod:`nscl.inference.trace`.
 """
@@ -22,6 +22,7 @@ from ..domain import Domain
 from ..errors import DataError, NSCLError
 from ..io import read_json
 from ..language import correct, question_tokens, unknown_thing, unknown_word_message
+from ..models.executor import SceneLogits
 from ..models.grammar import ParseError
 from ..program import Program
 from ..run_config import GUIDED_BEAM
@@ -29,7 +30,7 @@ from .confidence import parse_logps
 from .dataset import load_image
 from .execute import decode_answer, run_programs
 from .guided import answer_kind, answers_as_asked, asked_kind, guided_parse, uncovered
-from .load import load
+from .load import Loaded, load
 from .trace import TraceObject, TraceStep, trace_program
 
 SHOWN = 5  # objects listed per step in format_trace (all of them in to_json)
@@ -132,7 +133,8 @@ def read_boxes(
     image's file name."""
     if (scene_json is None) == (boxes_json is None):
         raise NSCLError(
-            "give object boxes with exactly one of a scene file (--scene-json) or a boxes file (--boxes-json)"
+            "give object boxes with exactly one of a scene file (--scene-json), a boxes file (--boxes-json) "
+            "or a detector (--detector)"
         )
     if boxes_json is not None:
         data = read_json(boxes_json)
@@ -176,6 +178,19 @@ def read_boxes(
     return scene.boxes
 
 
+def detected_boxes(
+    detector: str | Path, image_path: str | Path, device: str | torch.device = "cpu"
+) -> list[Box]:
+    """Object boxes of an image found by a detector checkpoint (its own score threshold), best first."""
+    from .detect import detect_images, load_detector
+
+    det = load_detector(detector, device)
+    found = detect_images(det, [image_path], device)[0]["objects_detection"]
+    if not found:
+        raise DataError(f"{image_path}: the detector ({detector}) finds no objects in this image")
+    return [Box(*(float(v) for v in d["box"])) for d in found]
+
+
 def prepare_image(image_path: str | Path, boxes: Sequence[Box], height: int) -> tuple[Tensor, Tensor]:
     """(Tensor[1, 3, H, W] uint8, Tensor[1, N, 4] boxes) resized like training: height ``height``, the
     image's own aspect ratio, boxes scaled by the same factors."""
@@ -209,6 +224,7 @@ def ask(
     guided_beam: int = GUIDED_BEAM,
     correct_spelling: bool = True,
     check_kind: bool = True,
+    detector: str | Path | None = None,
 ) -> AskResult:
     """Perceive the image's objects, parse ``question`` and execute the program step by step.
 
@@ -221,13 +237,47 @@ def ask(
     answer the wording asks for (:func:`nscl.language.asked_answer`) and use every concept the question names
     (:func:`nscl.inference.guided.covers`): a beam candidate that does, or a refusal."""
     ck = load(checkpoint_path, device, need_model=True, need_parser=True)
-    model, parser, domain = ck.model, ck.parser, ck.domain
-    assert model is not None and parser is not None
-    boxes = read_boxes(image_path, domain, scene_json, index, boxes_json)
+    domain = ck.domain
+    if detector is not None:
+        if scene_json is not None or boxes_json is not None:
+            raise NSCLError(
+                "give object boxes with one of --scene-json, --boxes-json or --detector, not several"
+            )
+        boxes = detected_boxes(detector, image_path, device)
+    else:
+        boxes = read_boxes(image_path, domain, scene_json, index, boxes_json)
+    scene = perceive(ck, image_path, boxes, device)
+    return answer_on_scene(ck, scene, boxes, question, beam_size, guided_beam, correct_spelling, check_kind)
+
+
+def perceive(
+    ck: Loaded, image_path: str | Path, boxes: Sequence[Box], device: str | torch.device = "cpu"
+) -> SceneLogits:
+    """The model's view of one image (a one-image SceneLogits): resized as in training, boxes alike."""
+    assert ck.model is not None
     images, scaled = prepare_image(image_path, boxes, ck.config.image_height)
     mask = torch.ones(1, len(boxes), dtype=torch.bool)
     with torch.no_grad():
-        scene = model.perceive(images.to(device), scaled.to(device), mask.to(device))
+        return ck.model.perceive(images.to(device), scaled.to(device), mask.to(device))
+
+
+@torch.no_grad()
+def answer_on_scene(
+    ck: Loaded,
+    scene: SceneLogits,
+    boxes: Sequence[Box],
+    question: str,
+    beam_size: int = 1,
+    guided_beam: int = GUIDED_BEAM,
+    correct_spelling: bool = True,
+    check_kind: bool = True,
+) -> AskResult:
+    """:func:`ask` after perception: parse ``question`` (corrections, refusals, execution-guided decoding held
+    to the wording) and trace its program on ``scene``, the perceived image whose objects are ``boxes``.
+    Raises ParseError with the refusal's one-line message. A server perceives an image once and calls this
+    for every question about it."""
+    parser, domain = ck.parser, ck.domain
+    assert parser is not None
     text, fixes = question, []
     if correct_spelling:
         fixed, fixes = correct(question, parser.known_words)
