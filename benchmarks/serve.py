@@ -24,8 +24,8 @@ import uvicorn
 from machine import machine_line
 from nscl.serve import create_app, open_session
 
-CKPT = Path("/work/runs/demo12/parser/checkpoint_last.pth")
-SPLIT = Path("/work/data/demo12/val-set/val")
+CKPT = Path("runs/demo/parser/checkpoint_last.pth")  # what make demo leaves
+SPLIT = Path("data/demo/val-set/val")
 QUESTIONS = (
     "How many things are there?",
     "What color is the large cylinder?",

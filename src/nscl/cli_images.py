@@ -166,7 +166,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
         r["image_filename"] = path.name
         r["image_index"] = int(m.group(1)) if by_name and m else i
     if args.out:
-        atomic_write_json(args.out, {"info": {"detector": str(args.load)}, "scenes": records})
+        threshold = args.threshold if args.threshold is not None else detector.config.threshold
+        info = {"detector": str(args.load), "detection_threshold": threshold}
+        atomic_write_json(args.out, {"info": info, "scenes": records})
     else:
         for r in records:
             print(f"{r['image_filename']}: {len(r['objects_detection'])} objects")

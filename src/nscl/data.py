@@ -288,12 +288,19 @@ def _records(path: Path, key: str) -> tuple[list, dict]:
 
 
 def read_scenes(
-    path: str | Path, domain: Domain, box_source: str = "auto", detection_threshold: float = 0.5
+    path: str | Path, domain: Domain, box_source: str = "auto", detection_threshold: float | None = None
 ) -> list[Scene]:
+    """Scenes of a CLEVR scenes file. Detections (``objects_detection``) scoring below ``detection_threshold``
+    are dropped; None: the file's ``info.detection_threshold`` (``nscl detect`` writes its detector's), else
+    0.5 (the release's)."""
     if box_source not in BOX_SOURCES:
         raise DataError(f"box source {box_source!r} is not one of {', '.join(BOX_SOURCES)}")
     p = Path(path)
-    records, _ = _records(p, "scenes")
+    records, info = _records(p, "scenes")
+    if detection_threshold is None:
+        detection_threshold = info.get("detection_threshold", 0.5)
+        if not isinstance(detection_threshold, (int, float)) or isinstance(detection_threshold, bool):
+            raise DataError(f"{p}: 'info.detection_threshold' must be a number")
     scenes = [
         parse_scene(d, domain, str(p), i, box_source, detection_threshold) for i, d in enumerate(records)
     ]
@@ -369,7 +376,7 @@ class Split:
 
 
 def load_split(
-    paths: SplitPaths, domain: Domain, box_source: str = "auto", detection_threshold: float = 0.5
+    paths: SplitPaths, domain: Domain, box_source: str = "auto", detection_threshold: float | None = None
 ) -> Split:
     scenes = {s.image_index: s for s in read_scenes(paths.scenes, domain, box_source, detection_threshold)}
     questions = read_questions(paths.questions, domain)

@@ -40,13 +40,15 @@ def evaluate(
     model.eval()
     qa = QAMeter()
     cm = ConceptMeter(ds.domain)
-    anns = scene_annotations(ds.scenes, ds.domain) if concepts else None
+    # Concept accuracy needs annotated objects; detected objects (``objects_detection``) have none.
+    annotated = all(o.attributes for s in ds.scenes for o in s.objects)
+    anns = scene_annotations(ds.scenes, ds.domain) if concepts and annotated else None
     for qids in ds.batches(question_ids, batch_size, None):
         batch = ds.make_batch(qids).to(device)
         out, scene = model(batch.images, batch.boxes, batch.mask, batch.programs, quantize=True)
         _, correct, _ = qa_loss(out, Targets(batch.kind, batch.value))
         qa.update([ds.qtypes[i] for i in qids], correct.cpu().tolist())
-        if anns is not None and all(ds.scenes[i].objects[0].attributes for i in batch.image_ids.tolist()):
+        if anns is not None:
             cm.update(scene, [anns[i] for i in batch.image_ids.tolist()])
     metrics = qa.metrics(prefix)
     metrics.update(cm.metrics(prefix))

@@ -68,7 +68,13 @@ def load(
     checkpoint without one raises CheckpointError); otherwise it is not built (``nscl parse`` needs only the
     parser). ``need_parser``: a checkpoint without a parser raises CheckpointError saying how to make one."""
     source = str(path)
-    state = load_checkpoint(path, require=("domain",))
+    state = load_checkpoint(path, require=())
+    if state.get("kind") == "detector":
+        raise CheckpointError(
+            f"{source}: a detector checkpoint, not an NSCL model (use it with nscl detect or --detector)"
+        )
+    if "domain" not in state:
+        raise CheckpointError(f"{source}: checkpoint lacks 'domain'")
     if need_model and state.get("model") is None:
         raise CheckpointError(f"{source}: the checkpoint holds no trained NSCL model")
     if need_parser and not state.get("parser"):
