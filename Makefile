@@ -7,7 +7,7 @@ STAMP := $(VENV)/.nscl-installed
 DEMO_DIR ?= runs/demo
 DEMO_DATA ?= data/demo
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo detector test lint format bench clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python -m nscl demo --data-dir $(DEMO_DATA) --run-dir $(DEMO_DIR)
+
+# the object detector for images without boxes, on the demo's data (run `make demo` first; about 12-17 minutes)
+detector: $(STAMP)
+	$(BIN)/python -m nscl train-detector --data-dir $(DEMO_DATA)/train-set/train --val-dir $(DEMO_DATA)/val-set/val \
+		--run-dir runs/detector --threads 1
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
