@@ -247,6 +247,24 @@ def test_boxes_from_detections(domain):
         )
 
 
+def test_detection_threshold_comes_from_the_file_unless_given(domain, tmp_path):
+    dets = [
+        {"box": [0, 0, 5, 5], "score": 0.8},
+        {"box": [6, 6, 9, 9], "score": 0.45},
+        {"box": [1, 1, 2, 2], "score": 0.1},
+    ]
+    scene = {"image_index": 0, "image_filename": "a.png", "objects": [], "objects_detection": dets}
+    path = tmp_path / "scenes.json"
+    path.write_text(json.dumps({"info": {"detection_threshold": 0.4}, "scenes": [scene]}))
+    assert len(read_scenes(path, domain)[0].objects) == 2  # nscl detect's threshold, written in info
+    assert len(read_scenes(path, domain, detection_threshold=0.0)[0].objects) == 3
+    path.write_text(json.dumps({"scenes": [scene]}))
+    assert len(read_scenes(path, domain)[0].objects) == 1  # the release's 0.5
+    path.write_text(json.dumps({"info": {"detection_threshold": "high"}, "scenes": [scene]}))
+    with pytest.raises(DataError, match="detection_threshold"):
+        read_scenes(path, domain)
+
+
 def test_detection_source_replaces_annotated_objects(domain, tiny_scenes_json):
     d = copy.deepcopy(tiny_scenes_json["scenes"][0])
     d["objects_detection"] = [{"box": [0, 0, 5, 5], "score": 0.8}, {"box": [1, 1, 2, 2], "score": 0.1}]
