@@ -2,8 +2,8 @@
 scene annotations and their 40 questions in CLEVR's own wording). A parser checkpoint reads every question as
 ``nscl ask`` does (spelling and verb-form corrections, unknown words that may name a thing refused, others read
 as ``<UNK>``, execution-guided beam held to the kind of answer the wording asks for); the chosen program is
-executed on the real scene annotations (a perfect perception: the real images have no boxes to perceive from
-yet). Forty questions are a smoke test, not a result.
+executed on the real scene annotations (a perfect perception, so this measures the parser alone;
+``benchmarks/real_images.py`` perceives the real images). Forty questions are a smoke test, not a result.
 
     .venv/bin/python benchmarks/real_dev.py --load runs/demo/parser/checkpoint_last.pth [--real ../shared/clevr/real-dev]
         [--show]
