@@ -20,10 +20,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m nscl demo --data-dir $(DEMO_DATA) --run-dir $(DEMO_DIR)
 
-# the object detector for images without boxes, on the demo's data (run `make demo` first; about 30 minutes)
+# the object detector for images without boxes, on the demo's data (run `make demo` first; about 24 minutes)
 detector: $(STAMP)
 	$(BIN)/python -m nscl train-detector --data-dir $(DEMO_DATA)/train-set/train --val-dir $(DEMO_DATA)/val-set/val \
-		--run-dir runs/detector --threads 1
+		--run-dir runs/detector --threads 2
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2

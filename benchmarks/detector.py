@@ -12,7 +12,7 @@ end to end (PNG decode, resize, network, decoding), one image at a time and in b
     .venv/bin/python benchmarks/detector.py --load runs/detector/checkpoint_last.pth \\
         --qa-load runs/demo/checkpoint_last.pth --real ../shared/clevr/real-dev
 
-    # train the default detector first (about 30 minutes on one thread), then the same report
+    # train the default detector first (24 minutes on two threads, 46 on one shared thread), then the same report
     .venv/bin/python benchmarks/detector.py --train runs/detector
 
     # the centre-point detector against Faster R-CNN (small custom backbone), M minutes of training each

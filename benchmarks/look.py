@@ -17,14 +17,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from machine import machine_line
 from nscl.domain import builtin_domain
 from nscl.generate.camera import Camera, clevr_lamps
 from nscl.generate.geometry import RenderObject
 from nscl.generate.render import render
-from nscl.generate.scene_masks import MaskConfig, annotate_scenes_file
+from nscl.generate.scene_masks import MaskConfig, annotate_scenes_file, decode_mask
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "clevr" / "real-dev"
 
@@ -52,9 +51,7 @@ def stats(image: np.ndarray, scene: dict) -> dict[str, list[tuple[float, float]]
     out: dict[str, list[tuple[float, float]]] = {}
     any_obj = np.zeros(lum.shape, dtype=bool)
     for o in scene["objects"]:
-        m = mask_utils.decode({"size": o["mask"]["size"], "counts": o["mask"]["counts"].encode()}).astype(
-            bool
-        )
+        m = decode_mask(o["mask"])
         any_obj |= m
         if m.sum() >= 200:
             out.setdefault(o["material"], []).append((np.percentile(lum[m], 99), np.median(lum[m])))

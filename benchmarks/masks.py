@@ -22,19 +22,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from machine import machine_line
 from nscl.domain import builtin_domain
 from nscl.generate.scene import SceneConfig, sample_scene
-from nscl.generate.scene_masks import MaskConfig, annotate_scenes, annotate_scenes_file
+from nscl.generate.scene_masks import MaskConfig, annotate_scenes, annotate_scenes_file, decode_mask
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "clevr" / "real-dev"
 _CLEVR_KEYS = ("shape", "size", "material", "color", "3d_coords", "pixel_coords", "rotation")
-
-
-def _decode(rle: dict) -> np.ndarray:
-    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
 
 
 def recovery(n: int, width: int, height: int, seed: int) -> str:
@@ -52,7 +47,7 @@ def recovery(n: int, width: int, height: int, seed: int) -> str:
     ious = []
     for s, rec in zip(sampled, out):
         for k, obj in enumerate(rec["objects"]):
-            truth, got = s.object_ids == k, _decode(obj["mask"])
+            truth, got = s.object_ids == k, decode_mask(obj["mask"])
             ious.append((truth & got).sum() / max((truth | got).sum(), 1))
     iou = np.array(ious)
     pos_err = np.linalg.norm(
@@ -80,7 +75,7 @@ def figure(scenes_file: Path, image: Path, out: Path) -> None:
     overlay = img.astype(np.float32) / 255
     cmap = plt.get_cmap("tab10")
     for k, o in enumerate(scene["objects"]):
-        m = _decode(o["mask"])
+        m = decode_mask(o["mask"])
         overlay[m] = 0.45 * overlay[m] + 0.55 * np.array(cmap(k % 10)[:3])
     axes[1].imshow(overlay)
     for k, o in enumerate(scene["objects"]):

@@ -7,24 +7,22 @@ checkpoint answers with the given programs; concept accuracy is per attribute ov
 accuracy over ordered pairs. With ``--heldout-dir`` the same numbers on our own held-out split are printed beside.
 With ``--detector`` the real images are also answered with detected boxes instead of the recovered masks.
 
-The look check compares image statistics inside the recovered masks of the real images with those inside the true
-masks of ``--look-dir``'s images (render it at CLEVR's 480x320): the 99th percentile and median brightness (mean of R, G, B, 0-255) per
-material, and of the floor. Four images and about thirty objects are a smoke test, not a result.
+How our renders look beside the real images is ``benchmarks/look.py``. Four images and about thirty objects are a
+smoke test, not a result.
 
     .venv/bin/python benchmarks/real_images.py --load runs/demo/checkpoint_last.pth --heldout-dir data/demo/val-set/val
-        [--detector runs/detector/checkpoint_last.pth] [--look-dir data/look/val] [--real ../shared/clevr/real-dev]
+        [--detector runs/detector/checkpoint_last.pth] [--real ../shared/clevr/real-dev]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-from pycocotools import mask as mask_utils
 
 from machine import machine_line
 from nscl.data import SplitPaths
@@ -100,37 +98,6 @@ def object_errors(ckpt: Path, paths: SplitPaths) -> list[str]:
     return out
 
 
-def _decode(rle: dict) -> np.ndarray:
-    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
-
-
-def look(scenes: list[dict], image_root: Path, limit: int) -> dict[str, tuple[float, float, int]]:
-    """Per material (and floor): mean over objects of the 99th percentile and median brightness; object count.
-    Objects under 200 visible pixels are skipped."""
-    stats: dict[str, list[tuple[float, float]]] = {}
-    for s in scenes[:limit]:
-        lum = np.asarray(Image.open(image_root / s["image_filename"]).convert("RGB"), dtype=np.float32).mean(
-            -1
-        )
-        any_obj = np.zeros(lum.shape, dtype=bool)
-        for o in s["objects"]:
-            m = _decode(o["mask"])
-            if m.shape != lum.shape:
-                raise SystemExit(
-                    f"{s['image_filename']}: mask {m.shape} does not match the image {lum.shape}"
-                )
-            any_obj |= m
-            if m.sum() >= 200:
-                v = lum[m]
-                stats.setdefault(o["material"], []).append((np.percentile(v, 99), np.median(v)))
-        v = lum[~any_obj]
-        stats.setdefault("floor", []).append((np.percentile(v, 99), np.median(v)))
-    return {
-        k: (float(np.mean([a for a, _ in v])), float(np.mean([b for _, b in v])), len(v))
-        for k, v in stats.items()
-    }
-
-
 def detected_scenes(detector: Path, real_scenes: list[dict], image_root: Path, out: Path) -> None:
     """A scenes file whose boxes come from the detector (``objects_detection``), for the same images."""
     import torch
@@ -162,10 +129,6 @@ def main() -> None:
     ap.add_argument("--detector", type=Path, default=None, help="also answer with this detector's boxes")
     ap.add_argument("--questions-per-image", type=int, default=90)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--look-dir", type=Path, default=None, help="our split for the look check (480x320 like CLEVR)"
-    )
-    ap.add_argument("--look-images", type=int, default=100, help="images of --look-dir in the look check")
     args = ap.parse_args()
     print(machine_line())
     images = args.real / "images" / "train"
@@ -178,68 +141,35 @@ def main() -> None:
         ours = engine_questions(scenes, args.questions_per_image, args.seed)
         (t / "ours.json").write_text(json.dumps({"questions": ours}))
         real_q = args.real / "CLEVR_train_questions.json"
-        n_real = len(json.loads(real_q.read_text())["questions"])
         print(f"\ncheckpoint: {args.load}\n")
         print("| data | questions | QA (given programs) | color | material | shape | size | relation |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-        for name, qfile, n in (
-            ("real CLEVR, CLEVR's questions", real_q, n_real),
-            ("real CLEVR, our engine's questions", t / "ours.json", len(ours)),
-        ):
-            paths = SplitPaths(t / "scenes.json", qfile, images, t / "vocab.json")
-            print(
-                row(
-                    name,
-                    evaluate_checkpoint(args.load, paths, None, "cpu", progress=False, data_split=0.0),
-                    n,
-                ),
-                flush=True,
-            )
-        errors = object_errors(args.load, SplitPaths(t / "scenes.json", real_q, images, t / "vocab.json"))
-        print("\nreal objects read wrong: " + ("; ".join(errors) if errors else "none") + "\n")
+        rows = [
+            (
+                "real CLEVR, CLEVR's questions",
+                SplitPaths(t / "scenes.json", real_q, images, t / "vocab.json"),
+            ),
+            (
+                "real CLEVR, our engine's questions",
+                SplitPaths(t / "scenes.json", t / "ours.json", images, t / "vocab.json"),
+            ),
+        ]
         if args.detector is not None:
             detected_scenes(args.detector, scenes, images, t / "detected.json")
-            for name, qfile, n in (
-                ("real CLEVR, detected boxes, CLEVR's questions", real_q, n_real),
-                ("real CLEVR, detected boxes, our questions", t / "ours.json", len(ours)),
-            ):
-                paths = SplitPaths(t / "detected.json", qfile, images, t / "vocab.json")
-                print(
-                    row(
-                        name,
-                        evaluate_checkpoint(args.load, paths, None, "cpu", progress=False, data_split=0.0),
-                        n,
-                    ),
-                    flush=True,
-                )
+            rows += [
+                (f"{name}, detected boxes", dataclasses.replace(p, scenes=t / "detected.json"))
+                for name, p in rows
+            ]
         if args.heldout_dir is not None:
-            paths = SplitPaths.resolve(args.heldout_dir)
-            n_held = len(json.loads(paths.questions.read_text())["questions"])
-            print(
-                row(
-                    f"our held-out split ({args.heldout_dir.name})",
-                    evaluate_checkpoint(args.load, paths, None, "cpu", progress=False, data_split=0.0),
-                    n_held,
-                )
+            rows.append(
+                (f"our held-out split ({args.heldout_dir.name})", SplitPaths.resolve(args.heldout_dir))
             )
-        if args.look_dir is not None:
-            look_paths = SplitPaths.resolve(args.look_dir)
-            real_look = look(scenes, images, len(scenes))
-            our_look = look(
-                json.loads(look_paths.scenes.read_text())["scenes"], look_paths.images, args.look_images
-            )
-            print(
-                "\nlook (brightness 0-255 inside masks; mean over objects of the 99th percentile / median; objects):\n"
-            )
-            print(f"| | real CLEVR | ours ({args.look_dir}) |")
-            print("| --- | --- | --- |")
-            for k in ("metal", "rubber", "floor"):
-                r, o = real_look.get(k), our_look.get(k)
-                print(f"| {k} | {_fmt(r)} | {_fmt(o)} |")
-
-
-def _fmt(s: tuple[float, float, int] | None) -> str:
-    return f"{s[0]:.0f} / {s[1]:.0f} ({s[2]})" if s else "-"
+        for name, paths in rows:
+            n = len(json.loads(paths.questions.read_text())["questions"])
+            metrics = evaluate_checkpoint(args.load, paths, None, "cpu", progress=False, data_split=0.0)
+            print(row(name, metrics, n), flush=True)
+        errors = object_errors(args.load, rows[0][1])
+        print("\nreal objects read wrong: " + ("; ".join(errors) if errors else "none"))
 
 
 if __name__ == "__main__":

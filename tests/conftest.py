@@ -200,6 +200,47 @@ def gen_dataset(gen_split, domain: Domain):
     return QADataset(gen_split, domain, GEN_HEIGHT)
 
 
+def tiny_ask_state(
+    domain: Domain, pairs: Sequence[tuple[str, str]], epochs: int, **parser_kw: object
+) -> tuple:
+    """(model, checkpoint state with a parser, the same state without one): a small randomly initialised NSCL
+    model (48-pixel images) and a parser fitted to ``pairs`` of (question, program string)."""
+    import torch
+
+    from nscl.models.nscl import NSCL, ModelConfig
+    from nscl.models.parser import ParserConfig, parser_state
+    from nscl.models.perception import PerceptionConfig
+    from nscl.program import program_from_str
+    from nscl.run_config import ParserTrainConfig, TrainConfig
+    from nscl.training.parser_supervised import train_parser_on_pairs
+    from nscl.training.trainer import checkpoint_state
+
+    torch.manual_seed(0)
+    mcfg = ModelConfig(perception=PerceptionConfig(width=8, feature_dim=32, pair_dim=16))
+    model = NSCL(domain, mcfg)
+    pcfg = ParserTrainConfig(
+        epochs=epochs,
+        min_steps=0,
+        batch_size=8,
+        lr=1e-2,
+        word_dropout=0.0,  # a tiny parser that fits its pairs exactly
+        model=ParserConfig(embedding_dim=16, hidden_dim=32, dropout=0.0, max_length=40),
+        **parser_kw,  # type: ignore[arg-type]
+    )
+    cfg = TrainConfig(image_height=GEN_HEIGHT, model=mcfg, parser=pcfg)
+    parser = train_parser_on_pairs(
+        domain, [q for q, _ in pairs], [program_from_str(p, domain) for _, p in pairs], pcfg
+    )
+    state = checkpoint_state(model, cfg, domain, None, None, 0, {}, None)
+    return model, {**state, "parser": parser_state(parser)}, state
+
+
+@pytest.fixture(scope="session")
+def ask_state() -> Callable[..., tuple]:
+    """:func:`tiny_ask_state`: a checkpoint state ``nscl ask`` and ``nscl serve`` can load."""
+    return tiny_ask_state
+
+
 @pytest.fixture
 def one_thread():
     """Run torch on one CPU thread during the test (tiny tensors: fastest, and immune to OpenMP spin-waiting

@@ -15,13 +15,7 @@ from nscl.domain import Domain, builtin_domain
 from nscl.errors import NSCLError
 from nscl.inference.ask import AskResult, ask, prepare_image, read_boxes
 from nscl.inference.execute import run_programs
-from nscl.models.nscl import NSCL, ModelConfig
-from nscl.models.parser import ParserConfig, parser_state
-from nscl.models.perception import PerceptionConfig
 from nscl.program import program_from_str
-from nscl.run_config import ParserTrainConfig, TrainConfig
-from nscl.training.parser_supervised import train_parser_on_pairs
-from nscl.training.trainer import checkpoint_state
 
 # ask's bar for unambiguous references (the checkpoint's parser.min_referent_p): on the untrained perception
 # below, a reference is a coin toss, so a strict bar makes guidance visible
@@ -44,27 +38,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def setup(domain: Domain, gen_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def setup(domain: Domain, gen_root: Path, tmp_path_factory: pytest.TempPathFactory, ask_state) -> dict:
     """A checkpoint with a small randomly initialised NSCL model and a parser trained on PAIRS."""
-    torch.manual_seed(0)
-    mcfg = ModelConfig(perception=PerceptionConfig(width=8, feature_dim=32, pair_dim=16))
-    model = NSCL(domain, mcfg)
-    pcfg = ParserTrainConfig(
-        epochs=50,
-        min_steps=0,
-        batch_size=8,
-        lr=1e-2,
-        word_dropout=0.0,  # a tiny parser that fits its 20-odd pairs exactly
-        min_referent_p=REFERENT_P,
-        model=ParserConfig(embedding_dim=16, hidden_dim=32, dropout=0.0, max_length=40),
-    )
-    cfg = TrainConfig(image_height=HEIGHT, model=mcfg, parser=pcfg)
-    parser = train_parser_on_pairs(
-        domain, [q for q, _ in PAIRS], [program_from_str(p, domain) for _, p in PAIRS], pcfg
-    )
+    model, state_with_parser, state = ask_state(domain, PAIRS, 50, min_referent_p=REFERENT_P)
     root = tmp_path_factory.mktemp("ask")
-    state = checkpoint_state(model, cfg, domain, None, None, 0, {}, None)
-    save_checkpoint(root / "model.pth", {**state, "parser": parser_state(parser)})
+    save_checkpoint(root / "model.pth", state_with_parser)
     save_checkpoint(root / "no_parser.pth", state)
     scenes = json.loads((gen_root / "train" / "scenes.json").read_text())["scenes"]
     scene = scenes[3]

@@ -30,14 +30,7 @@ from nscl.checkpoint import save_checkpoint
 from nscl.cli_serve import COMMANDS
 from nscl.domain import Domain
 from nscl.models.detector import CenterDetector, DetectorConfig
-from nscl.models.nscl import NSCL, ModelConfig
-from nscl.models.parser import ParserConfig, parser_state
-from nscl.models.perception import PerceptionConfig
-from nscl.program import program_from_str
-from nscl.run_config import ParserTrainConfig, TrainConfig
 from nscl.serve import Limits, Session, create_app, open_session
-from nscl.training.parser_supervised import train_parser_on_pairs
-from nscl.training.trainer import checkpoint_state
 
 HEIGHT = 48  # the generated fixture's image height
 PAIRS = [
@@ -54,25 +47,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------------------------- fixtures
-def make_checkpoint(domain: Domain, root: Path) -> Path:
+def make_checkpoint(domain: Domain, root: Path, ask_state) -> Path:
     """A checkpoint with a small randomly initialised NSCL model and a parser fitted to PAIRS."""
-    torch.manual_seed(0)
-    mcfg = ModelConfig(perception=PerceptionConfig(width=8, feature_dim=32, pair_dim=16))
-    model = NSCL(domain, mcfg)
-    pcfg = ParserTrainConfig(
-        epochs=40,
-        min_steps=0,
-        batch_size=8,
-        lr=1e-2,
-        word_dropout=0.0,
-        model=ParserConfig(embedding_dim=16, hidden_dim=32, dropout=0.0, max_length=40),
-    )
-    cfg = TrainConfig(image_height=HEIGHT, model=mcfg, parser=pcfg)
-    parser = train_parser_on_pairs(
-        domain, [q for q, _ in PAIRS], [program_from_str(p, domain) for _, p in PAIRS], pcfg
-    )
-    state = checkpoint_state(model, cfg, domain, None, None, 0, {}, None)
-    save_checkpoint(root / "model.pth", {**state, "parser": parser_state(parser)})
+    _, state, _ = ask_state(domain, PAIRS, 40)
+    save_checkpoint(root / "model.pth", state)
     return root / "model.pth"
 
 
@@ -120,9 +98,9 @@ def start_server(session: Session) -> Server:
 
 
 @pytest.fixture(scope="module")
-def files(domain: Domain, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def files(domain: Domain, tmp_path_factory: pytest.TempPathFactory, ask_state) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("serve")
-    return {"ckpt": make_checkpoint(domain, root), "detector": make_detector(root)}
+    return {"ckpt": make_checkpoint(domain, root, ask_state), "detector": make_detector(root)}
 
 
 @pytest.fixture(scope="module")

@@ -134,7 +134,6 @@ def _detect_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    import re
     import time
     from pathlib import Path
 
@@ -159,12 +158,6 @@ def cmd_detect(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     records = detect_images(detector, paths, device, args.threshold)
     dt = time.perf_counter() - t0
-    # CLEVR names images <prefix>_<split>_<index>.png: keep that index, so questions files match the scenes.
-    numbers = [re.search(r"(\d+)$", p.stem) for p in paths]
-    by_name = all(numbers) and len({int(m.group(1)) for m in numbers if m}) == len(paths)
-    for i, (r, path, m) in enumerate(zip(records, paths, numbers)):
-        r["image_filename"] = path.name
-        r["image_index"] = int(m.group(1)) if by_name and m else i
     if args.out:
         threshold = args.threshold if args.threshold is not None else detector.config.threshold
         info = {"detector": str(args.load), "detection_threshold": threshold}

@@ -34,7 +34,14 @@ from .camera_fit import CameraFit, fit_cameras
 from .geometry import RenderObject
 from .render import render_ids
 
-__all__ = ["MaskConfig", "MaskReport", "annotate_scenes", "annotate_scenes_file", "encode_masks"]
+__all__ = [
+    "MaskConfig",
+    "MaskReport",
+    "annotate_scenes",
+    "annotate_scenes_file",
+    "decode_mask",
+    "encode_masks",
+]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +113,16 @@ def encode_masks(ids: np.ndarray, count: int) -> list[tuple[dict, list[int] | No
             ({"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}, box, int(area))
         )
     return out
+
+
+def decode_mask(rle: Mapping) -> np.ndarray:
+    """(np.ndarray[H, W], bool) pixels of a COCO RLE mask as written by :func:`encode_masks` (string counts)."""
+    from pycocotools import mask as mask_utils
+
+    counts = rle["counts"]
+    return mask_utils.decode(
+        {"size": list(rle["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
+    ).astype(bool)
 
 
 def _bounding_box(obj: RenderObject, camera: Camera, width: int, height: int) -> list[int]:

@@ -22,12 +22,14 @@ from ..domain import Domain
 from ..errors import DataError, NSCLError
 from ..io import read_json
 from ..language import correct, question_tokens, unknown_thing, unknown_word_message
+from ..models.detector import CenterDetector
 from ..models.executor import SceneLogits
 from ..models.grammar import ParseError
 from ..program import Program
 from ..run_config import GUIDED_BEAM
 from .confidence import parse_logps
 from .dataset import load_image
+from .detect import detect_images, load_detector
 from .execute import decode_answer, run_programs
 from .guided import answer_kind, answers_as_asked, asked_kind, guided_parse, uncovered
 from .load import Loaded, load
@@ -179,15 +181,10 @@ def read_boxes(
 
 
 def detected_boxes(
-    detector: str | Path, image_path: str | Path, device: str | torch.device = "cpu"
+    detector: CenterDetector, image_path: str | Path, device: str | torch.device = "cpu"
 ) -> list[Box]:
-    """Object boxes of an image found by a detector checkpoint (its own score threshold), best first."""
-    from .detect import detect_images, load_detector
-
-    det = load_detector(detector, device)
-    found = detect_images(det, [image_path], device)[0]["objects_detection"]
-    if not found:
-        raise DataError(f"{image_path}: the detector ({detector}) finds no objects in this image")
+    """Object boxes of an image found by a detector (its own score threshold), best first; may be empty."""
+    found = detect_images(detector, [image_path], device)[0]["objects_detection"]
     return [Box(*(float(v) for v in d["box"])) for d in found]
 
 
@@ -243,7 +240,9 @@ def ask(
             raise NSCLError(
                 "give object boxes with one of --scene-json, --boxes-json or --detector, not several"
             )
-        boxes = detected_boxes(detector, image_path, device)
+        boxes = detected_boxes(load_detector(detector, device), image_path, device)
+        if not boxes:
+            raise DataError(f"{image_path}: the detector ({detector}) finds no objects in this image")
     else:
         boxes = read_boxes(image_path, domain, scene_json, index, boxes_json)
     scene = perceive(ck, image_path, boxes, device)

@@ -9,6 +9,7 @@ and ``detection_metrics`` scores detections against ground-truth scenes: recall 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,8 +132,11 @@ def detect_images(
 ) -> list[dict[str, Any]]:
     """One CLEVR scene record per image: ``{"image_index": i, "image_filename": name, "objects": [],
     "objects_detection": [{"box": [x0, y0, x1, y1], "score": s}, ...]}``, boxes in the original image's pixels
-    (rounded to 0.01), best first. ``threshold`` None: the detector's configured one."""
+    (rounded to 0.01), best first. ``threshold`` None: the detector's configured one. ``image_index`` is the
+    number a CLEVR file name ends with (``CLEVR_val_000123.png``: 123) when every name has a distinct one, so
+    questions files keep matching; otherwise the image's position in ``image_paths``."""
     detector.eval()
+    indices = image_indices(image_paths)
     records: list[dict[str, Any]] = []
     for start in range(0, len(image_paths), batch_size):
         paths = image_paths[start : start + batch_size]
@@ -144,13 +148,22 @@ def detect_images(
             ]
             records.append(
                 {
-                    "image_index": start + j,
+                    "image_index": indices[start + j],
                     "image_filename": Path(paths[j]).name,
                     "objects": [],
                     "objects_detection": dets,
                 }
             )
     return records
+
+
+def image_indices(image_paths: Sequence[str | Path]) -> list[int]:
+    """CLEVR's image index of each file (the number its name ends with) when all are distinct, else positions."""
+    numbers = [re.search(r"(\d+)$", Path(p).stem) for p in image_paths]
+    found = [int(m.group(1)) for m in numbers if m]
+    if len(found) == len(image_paths) and len(set(found)) == len(found):
+        return found
+    return list(range(len(image_paths)))
 
 
 # --------------------------------------------------------------------------------------------- metrics

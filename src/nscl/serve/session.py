@@ -28,7 +28,7 @@ import torch
 
 from ..data import Box, Question, Scene, SplitPaths, read_questions, read_scenes
 from ..errors import DataError, NSCLError
-from ..inference.ask import answer_on_scene, perceive
+from ..inference.ask import answer_on_scene, detected_boxes, perceive
 from ..inference.load import Loaded, load
 from ..language import question_tokens
 from ..models.executor import SceneLogits
@@ -199,10 +199,7 @@ class Session:
         path = Path(self._tmp.name) / f"upload-{uid}.png"
         image.save(path, format="PNG")
         with self._lock, torch.no_grad():
-            from ..inference.detect import detect_images
-
-            found = detect_images(self.detector, [path], self.device)[0]["objects_detection"]
-            boxes = [Box(*(float(v) for v in d["box"])) for d in found]
+            boxes = detected_boxes(self.detector, path, self.device)
             boxes = [b for b in boxes if b.x1 - b.x0 >= 1 and b.y1 - b.y0 >= 1]
             if not boxes:
                 path.unlink(missing_ok=True)
