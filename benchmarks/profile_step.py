@@ -7,12 +7,13 @@ are not counted. Times are wall-clock medians over ``--steps`` steps on ``--thre
 only hold for this machine and thread count, so the CPU model is printed with them.
 
     .venv/bin/python benchmarks/profile_step.py [--data-dir data/demo/train-set/train] [--config demo]
-        [--steps 60] [--threads 1] [--ops 15]
+        [--steps 60] [--threads 1] [--ops 15] [--set model.precision=bfloat16] [--set batch_size=64]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections import defaultdict
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from machine import machine_line
+from nscl.config import override
 from nscl.data import SplitPaths, load_split
 from nscl.domain import builtin_domain
 from nscl.inference.dataset import QADataset
@@ -42,7 +44,13 @@ def profile(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cfg = load_config(args.config)
+    cfg = override(
+        load_config(args.config),
+        {
+            k: json.loads(v) if v[:1] in "0123456789-[{" else v
+            for k, v in (item.split("=", 1) for item in args.set)
+        },
+    )
     domain = builtin_domain()
     ds = QADataset(load_split(SplitPaths.resolve(args.data_dir), domain), domain, cfg.image_height)
     model = NSCL(domain, cfg.model).to(device)
@@ -76,7 +84,7 @@ def profile(args: argparse.Namespace) -> None:
     total = sum(med.values())
     print(machine_line() + f"; torch {torch.__version__}, {args.threads} thread(s), device {device}")
     print(
-        f"config {args.config}: batch {cfg.batch_size} questions, images {ds.height}x{ds.width}, "
+        f"config {args.config} {' '.join(args.set)}: batch {cfg.batch_size} questions, images {ds.height}x{ds.width}, "
         f"{args.steps} steps after {args.warmup} warm-up\n"
     )
     print("| phase | median ms per step | share |")
@@ -110,6 +118,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--ops", type=int, default=15, help="operators to list from torch.profiler (0: none)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value as nscl train does, e.g. --set model.precision=bfloat16 (repeatable)",
+    )
     profile(ap.parse_args())
 
 

@@ -1,7 +1,13 @@
 """Training throughput of NS-CL (images/s and questions/s, forward + backward + AdamW step) and, given a finished
-run, its time to reach an accuracy.
+run, its time to reach an accuracy; or, with --compare, time to a held-out accuracy of two configurations trained one
+after the other in the same run on the same data (a ratio that holds on any machine).
 
     .venv/bin/python benchmarks/train.py [--data-dir DIR] [--batches 40] [--threads N] [--run-dir RUN]
+    .venv/bin/python benchmarks/train.py --compare benchmarks/data/demo-previous.json demo \
+        --data-dir data/demo/train-set/train --heldout-dir data/demo/val-set/val --out runs/bench-train
+
+In --compare mode each configuration trains exactly as ``nscl train --config`` would (its own thread count), with the
+held-out split evaluated after every epoch; evaluation time is not counted, only the epochs' training seconds.
 
 Without --data-dir it generates 300 images at the demo resolution (192x128) in a temp dir. The anchor is the
 release itself measured on this machine (ResNet-34 from scratch, RoI Align in place of its CUDA op, batch 32,
@@ -45,7 +51,18 @@ def main() -> None:
         default="validation/acc/qa",
         help="metrics.jsonl key for --run-dir (validationextra/acc/qa: the held-out split given as extra data)",
     )
+    ap.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("BEFORE", "AFTER"),
+        help="train both configurations (file or shipped name) and report their time to --target held-out QA",
+    )
+    ap.add_argument("--heldout-dir", default=None, help="--compare: the held-out split (another seed)")
+    ap.add_argument("--out", default="runs/bench-train", help="--compare: run directories go here")
     args = ap.parse_args()
+    if args.compare:
+        compare(args)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     domain = builtin_domain()
@@ -116,6 +133,55 @@ def main() -> None:
                 f"{args.run_dir}: {args.metric} never reached {args.target} (best {best:.4f}, "
                 f"{elapsed / 60:.1f} min)"
             )
+
+
+def time_to(records: list[dict], metric: str, target: float) -> tuple[int, float] | None:
+    """(epoch, training seconds so far) at the first epoch whose ``metric`` reaches ``target``; None if none."""
+    elapsed = 0.0
+    for r in records:
+        elapsed += r.get("seconds", 0.0)
+        if r.get(metric, 0.0) >= target:
+            return int(r["epoch"]), elapsed
+    return None
+
+
+def compare(args: argparse.Namespace) -> None:
+    from machine import machine_line
+    from nscl.config import override
+    from nscl.run_config import load_config
+    from nscl.training.trainer import fit_nscl
+
+    if not (args.data_dir and args.heldout_dir):
+        raise SystemExit("--compare needs --data-dir (training split) and --heldout-dir (held-out split)")
+    domain = builtin_domain()
+    train, heldout = SplitPaths.resolve(Path(args.data_dir)), SplitPaths.resolve(Path(args.heldout_dir))
+    metric = "validationextra/acc/qa"
+    rows = []
+    for i, name in enumerate(args.compare):
+        cfg = override(load_config(name), {"validation_interval": 1, "save_interval": 10**6})
+        run_dir = Path(args.out) / f"{i}-{Path(name).stem}"
+        res = fit_nscl(cfg, domain, train, run_dir, torch.device("cpu"), extra_paths=heldout, progress=False)
+        recs = [json.loads(x) for x in res.run.metrics.read_text().splitlines() if x.strip()]
+        hit = time_to(recs, metric, args.target)
+        total = sum(r.get("seconds", 0.0) for r in recs)
+        rows.append((name, cfg, hit, total, recs[-1].get(metric, 0.0)))
+    print(machine_line() + f"; torch {torch.__version__}")
+    print(f"time to {args.target:.1%} held-out QA ({args.heldout_dir}), training seconds only:\n")
+    print(
+        "| configuration | threads | batch | epochs | reaches target at | training to target | full training | final held-out QA |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, cfg, hit, total, final in rows:
+        at = f"epoch {hit[0]}" if hit else "never"
+        to = f"{hit[1] / 60:.1f} min" if hit else "-"
+        print(
+            f"| {name} | {cfg.threads} | {cfg.batch_size} | {cfg.epochs} | {at} | {to} | {total / 60:.1f} min | {final:.4f} |"
+        )
+    (_, _, h0, _, _), (_, _, h1, _, _) = rows
+    if h0 and h1:
+        print(
+            f"\n{args.compare[1]} reaches {args.target:.1%} {h0[1] / h1[1]:.2f}x sooner than {args.compare[0]}"
+        )
 
 
 if __name__ == "__main__":

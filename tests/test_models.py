@@ -212,6 +212,33 @@ def test_gradient_reaches_every_parameter(domain, gen_dataset, gen_split):
     assert not bad, f"non-finite gradient: {bad}"
 
 
+def test_bfloat16_perception_keeps_float32_logits_and_trains(domain, gen_dataset):
+    """model.precision=bfloat16: perception under autocast, everything the executor reads in float32, close to
+    the float32 model with the same weights, and a gradient on every parameter."""
+    ds = gen_dataset
+    batch = ds.make_batch(np.nonzero(ds.q_image < 3)[0])
+    ref = small_model(domain).train()
+    torch.manual_seed(0)
+    fast = NSCL(domain, ModelConfig(SMALL, ConceptConfig(), precision="bfloat16")).train()
+    fast.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        a = ref.eval().perceive(batch.images, batch.boxes, batch.mask)
+        b = fast.eval().perceive(batch.images, batch.boxes, batch.mask)
+    assert b.concept.dtype == b.relation.dtype == torch.float32
+    m = batch.mask
+    assert (a.concept[m] - b.concept[m]).abs().max() < 0.5  # bfloat16 keeps about 3 significant digits
+    assert not torch.equal(a.concept[m], b.concept[m])  # and it did run in bfloat16
+    fast.train()
+    out, _ = fast(batch.images, batch.boxes, batch.mask, batch.programs)
+    loss, _, _ = qa_loss(out, Targets(batch.kind, batch.value))
+    loss.mean().backward()
+    missing = [n for n, p in fast.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"no gradient: {missing}"
+    assert all(p.grad.dtype == torch.float32 for p in fast.parameters() if p.grad is not None)
+    with pytest.raises(ConfigError, match="precision"):
+        ModelConfig(SMALL, ConceptConfig(), precision="float16")
+
+
 def test_known_belong_is_not_a_parameter(domain):
     model = small_model(domain, known_belong=True)
     names = [n for n, _ in model.named_parameters()]

@@ -296,6 +296,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     domain = load_domain(args.domain)
     run_dir = args.run_dir or f"runs/{cfg.training_target}-{paths.scenes.parent.name or 'data'}"
     progress = not args.no_progress
+    from .training.distributed import world_from_env
+
+    world = world_from_env()
     # The fit of the training target: fit_nscl (derender), fit_parser or fit_joint.
     if cfg.training_target == "derender":
         from .training.trainer import fit_nscl
@@ -304,10 +307,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         from .training.fit_parser import fit_joint, fit_parser
 
+        if world.active:
+            raise NSCLError(
+                f"--training-target {cfg.training_target} runs in one process; "
+                "torchrun with several processes trains --training-target derender"
+            )
         if args.resume:
             raise NSCLError("--resume is not supported with --training-target parser|all")
         fit = fit_parser if cfg.training_target == "parser" else fit_joint
         res = fit(cfg, domain, paths, run_dir, device, extra, args.load, progress)
+    if not world.main:
+        return 0
     print(format_table(res.metrics, "validation"))
     if extra is not None:
         print(format_table(res.metrics, "validationextra"))

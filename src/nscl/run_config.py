@@ -22,6 +22,7 @@ from .models.parser import ParserConfig
 
 TrainingTarget = Literal["derender", "parser", "all"]
 Curriculum = Literal["all", "off"]
+LRSchedule = Literal["step", "cosine"]
 Reward = Literal["answer", "release"]
 Baseline = Literal["moving", "loo"]
 ParserInit = Literal["new", "load"]
@@ -104,7 +105,10 @@ class TrainConfig:
     data_trim: float = 0.0  # keep only this fraction (0 < f < 1) or this many (f >= 1) training questions
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    lr_decay_at: float = 0.6  # lr x 0.1 after this fraction of the epochs
+    lr_decay_at: float = 0.6  # "step": lr x 0.1 after this fraction of the epochs
+    # "step" (the release's): constant, then x 0.1 at lr_decay_at; "cosine": from lr down to lr / 100 along a
+    # half cosine over the epochs (set once per epoch)
+    lr_schedule: LRSchedule = "step"
     # An epoch whose curriculum stage admits fewer questions than this repeats them (reshuffled) up to this
     # many, so that short early lessons on small datasets still get enough optimisation steps.
     min_questions_per_epoch: int = 0

@@ -62,12 +62,18 @@ class Run:
     """A training run in a directory; use as a context manager (``with Run(dir, cfg, plot) as run:``).
 
     On entry: the directory exists, the ``nscl`` logger also writes INFO to ``train.log``, torch is seeded with
-    ``cfg.seed`` and uses ``cfg.threads`` CPU threads (when set). ``plot(records, path)`` draws the curves."""
+    ``cfg.seed`` and uses ``cfg.threads`` CPU threads (when set). ``plot(records, path)`` draws the curves.
+    ``write=False`` (the ranks other than 0 of a distributed run): the same run, but nothing touches the disk."""
 
     def __init__(
-        self, run_dir: str | Path, cfg: TrainConfig, plot: Callable[[list[dict], Path], None] | None = None
+        self,
+        run_dir: str | Path,
+        cfg: TrainConfig,
+        plot: Callable[[list[dict], Path], None] | None = None,
+        write: bool = True,
     ) -> None:
         self.files = RunFiles(Path(run_dir))
+        self.writes = write
         self.cfg = cfg
         self._plot = plot
         self.records: list[dict[str, Any]] = []
@@ -76,6 +82,12 @@ class Run:
         self._old_level = logging.NOTSET
 
     def __enter__(self) -> Run:
+        torch.manual_seed(self.cfg.seed)
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+        self.t0 = time.time()
+        if not self.writes:
+            return self
         self.files.root.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(self.files.log)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
@@ -86,10 +98,6 @@ class Run:
             nscl_log.setLevel(logging.INFO)
         nscl_log.addHandler(handler)
         self._handler = handler
-        torch.manual_seed(self.cfg.seed)
-        if self.cfg.threads:
-            torch.set_num_threads(self.cfg.threads)
-        self.t0 = time.time()
         return self
 
     def __exit__(
@@ -99,7 +107,7 @@ class Run:
         if self._handler is not None:
             nscl_log.removeHandler(self._handler)
             self._handler.close()
-        nscl_log.setLevel(self._old_level)
+            nscl_log.setLevel(self._old_level)
 
     @property
     def seconds(self) -> float:
@@ -108,6 +116,8 @@ class Run:
     def write(self, rec: dict[str, Any]) -> None:
         """Keep an epoch's record and append it to ``metrics.jsonl``."""
         self.records.append(rec)
+        if not self.writes:
+            return
         with self.files.metrics.open("a") as f:
             f.write(json.dumps(rec) + "\n")
 
@@ -117,16 +127,18 @@ class Run:
             return
         lines = self.files.metrics.read_text().splitlines()
         self.records = [r for r in (json.loads(x) for x in lines if x.strip()) if r["epoch"] < start_epoch]
-        atomic_write_text(self.files.metrics, "".join(json.dumps(r) + "\n" for r in self.records))
+        if self.writes:
+            atomic_write_text(self.files.metrics, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def plot(self) -> None:
-        if self._plot is not None and self.records:
+        if self._plot is not None and self.records and self.writes:
             self._plot(self.records, self.files.curves)
 
     def save(self, state: dict[str, Any], epoch: int | None = None) -> Path:
         """Write a checkpoint atomically: ``checkpoint_last.pth``, or ``checkpoint_epoch_N.pth`` for an epoch."""
         path = self.files.checkpoint(epoch)
-        save_checkpoint(path, state)
+        if self.writes:
+            save_checkpoint(path, state)
         return path
 
     def result(self, metrics: dict[str, float], model: NSCL | None) -> FitResult:

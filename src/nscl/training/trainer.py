@@ -18,13 +18,22 @@ from ..data import SplitPaths, load_split
 from ..domain import Domain
 from ..inference.dataset import QADataset, split_train_dev
 from ..inference.evaluate import evaluate
-from ..losses import Targets, qa_loss
 from ..models.nscl import NSCL
 from ..progress import progress_bar
 from ..run_config import TrainConfig
 from ..vocab import Vocab
 from .curriculum import RELEASE_TABLE, stage_at
 from .curves import plot_curves
+from .distributed import (
+    World,
+    all_sum,
+    barrier,
+    init_world,
+    shard,
+    shutdown,
+    training_step_module,
+    world_from_env,
+)
 from .harness import FitResult, Run
 
 log = logging.getLogger(__name__)
@@ -44,8 +53,13 @@ def build_optimizer(
     opt = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
-    milestone = max(1, math.ceil(cfg.epochs * cfg.lr_decay_at))
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[milestone], gamma=0.1)
+    if cfg.lr_schedule == "cosine":
+        sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=max(1, cfg.epochs - 1), eta_min=cfg.lr / 100
+        )
+    else:
+        milestone = max(1, math.ceil(cfg.epochs * cfg.lr_decay_at))
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[milestone], gamma=0.1)
     return opt, sched
 
 
@@ -58,10 +72,16 @@ def train_one_epoch(
     cfg: TrainConfig,
     epoch: int,
     progress: bool = True,
+    step: torch.nn.Module | None = None,
+    world: World | None = None,
 ) -> dict[str, float]:
     """One pass over the question ids ``ids`` (repeated up to ``cfg.min_questions_per_epoch``), batched by
-    image; returns ``train/loss``, ``train/acc/qa`` and ``train/questions``."""
+    image; returns ``train/loss``, ``train/acc/qa`` and ``train/questions`` (summed over the world's ranks).
+    ``step``: ``training_step_module(model, ...)`` (made here when None); each rank trains on its
+    :func:`shard` of the batches."""
     model.train()
+    world = world or World()
+    step = step if step is not None else training_step_module(model, world, device)
     rng = np.random.default_rng([cfg.seed, epoch])
     batches = list(ds.batches(ids, cfg.batch_size, rng))
     # Short curriculum lessons: repeat reshuffled passes until min_questions_per_epoch questions.
@@ -69,12 +89,12 @@ def train_one_epoch(
     while 0 < n < cfg.min_questions_per_epoch:
         batches += list(ds.batches(ids, cfg.batch_size, rng))
         n += len(ids)
+    batches = shard(batches, world)
     tot_loss, tot_ok, tot_n = 0.0, 0, 0
-    bar = progress_bar(batches, progress, desc=f"epoch {epoch}", unit="batch", leave=False)
+    bar = progress_bar(batches, progress and world.main, desc=f"epoch {epoch}", unit="batch", leave=False)
     for qids in bar:
         batch = ds.make_batch(qids).to(device)
-        out, _ = model(batch.images, batch.boxes, batch.mask, batch.programs)
-        loss, correct, _ = qa_loss(out, Targets(batch.kind, batch.value))
+        loss, correct = step(batch)
         opt.zero_grad(set_to_none=True)
         loss.mean().backward()
         opt.step()
@@ -82,6 +102,7 @@ def train_one_epoch(
         tot_ok += int(correct.sum())
         tot_n += len(qids)
         bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}", acc=f"{tot_ok / tot_n:.3f}")
+    tot_loss, tot_ok, tot_n = all_sum([tot_loss, tot_ok, tot_n], world)
     return {
         "train/loss": tot_loss / max(tot_n, 1),
         "train/acc/qa": tot_ok / max(tot_n, 1),
@@ -124,103 +145,126 @@ def fit_nscl(
     use_tb: bool = False,
 ) -> FitResult:
     """Train on ``paths`` (minus the dev part), validate on dev and on the extra split, save checkpoints;
-    ``resume`` continues a run exactly (weights, optimiser, schedule, RNG, curriculum stage)."""
-    with Run(run_dir, cfg, plot_curves) as run:
-        train_split = load_split(paths, domain)
-        train_split.check_images()
-        ds = QADataset(train_split, domain, cfg.image_height, progress)
-        train_ids, dev_ids = split_train_dev(ds, cfg.data_split, cfg.seed)
-        train_ids = trim(train_ids, cfg.data_trim, cfg.seed)
-        extra = None
-        if extra_paths is not None:
-            extra_split = load_split(extra_paths, domain)
-            extra_split.check_images()
-            extra = QADataset(extra_split, domain, cfg.image_height, progress)
-        log.info(
-            "train: %d questions on %d images; dev: %d questions; extra: %s",
-            len(train_ids),
-            len(np.unique(ds.q_image[train_ids])),
-            len(dev_ids),
-            len(extra) if extra else "none",
-        )
-        model = NSCL(domain, cfg.model).to(device)
-        opt, sched = build_optimizer(model, cfg)
-        start = 1
-        if resume:
-            state = load_checkpoint(resume)
-            if state["config"] != asdict(cfg):
-                raise CheckpointError(
-                    f"{resume}: its config differs from this run's; resume with the same flags"
-                )
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["torch_rng"])
-            start = int(state["epoch"]) + 1
-            run.resume_records(start)
-            log.info("resumed from %s at epoch %d", resume, start)
-        tb = None
-        if use_tb:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+    ``resume`` continues a run exactly (weights, optimiser, schedule, RNG, curriculum stage). Under torchrun the
+    processes share the work (``training/distributed.py``) and rank 0 alone evaluates and writes."""
+    world = world_from_env()
+    with Run(run_dir, cfg, plot_curves, write=world.main) as run:
+        world, device = init_world(device, cfg.threads)
+        try:
+            return _fit(cfg, domain, paths, run, device, world, extra_paths, resume, progress, use_tb)
+        finally:
+            shutdown(world)
 
-                tb = SummaryWriter(str(run.files.root / "tb"))
-            except ImportError:
-                log.warning(
-                    "--use-tb: tensorboard is not installed (pip install 'nscl[tb]'); continuing without"
-                )
-        vocab = None
-        if paths.vocab.exists():
-            vocab = list(Vocab.load(paths.vocab).words)
-        metrics: dict[str, float] = {}
-        table = tuple(tuple(int(v) for v in row) for row in cfg.curriculum_table) or RELEASE_TABLE
-        for epoch in range(start, cfg.epochs + 1):
-            stage = stage_at(epoch, cfg.epochs, table, enabled=cfg.curriculum != "off")
-            ids = ds.eligible(train_ids, stage.max_objects, stage.max_length)
-            te = time.time()
-            rec: dict[str, Any] = {"epoch": epoch, "stage": stage.index, "lr": opt.param_groups[0]["lr"]}
-            rec.update(train_one_epoch(model, ds, ids, opt, device, cfg, epoch, progress))
-            sched.step()
-            rec["seconds"] = time.time() - te
-            last = epoch == cfg.epochs
-            if epoch % cfg.validation_interval == 0 or last:
-                if len(dev_ids):
-                    rec.update(evaluate(model, ds, dev_ids, device, "validation", cfg.eval_batch_size))
-                if extra is not None:
-                    rec.update(
-                        evaluate(
-                            model,
-                            extra,
-                            np.arange(len(extra)),
-                            device,
-                            "validationextra",
-                            cfg.eval_batch_size,
-                        )
+
+def _fit(
+    cfg: TrainConfig,
+    domain: Domain,
+    paths: SplitPaths,
+    run: Run,
+    device: torch.device,
+    world: World,
+    extra_paths: SplitPaths | None,
+    resume: str | None,
+    progress: bool,
+    use_tb: bool,
+) -> FitResult:
+    train_split = load_split(paths, domain)
+    train_split.check_images()
+    ds = QADataset(train_split, domain, cfg.image_height, progress)
+    train_ids, dev_ids = split_train_dev(ds, cfg.data_split, cfg.seed)
+    train_ids = trim(train_ids, cfg.data_trim, cfg.seed)
+    extra = None
+    if extra_paths is not None:
+        extra_split = load_split(extra_paths, domain)
+        extra_split.check_images()
+        extra = QADataset(extra_split, domain, cfg.image_height, progress)
+    log.info(
+        "train: %d questions on %d images; dev: %d questions; extra: %s",
+        len(train_ids),
+        len(np.unique(ds.q_image[train_ids])),
+        len(dev_ids),
+        len(extra) if extra else "none",
+    )
+    model = NSCL(domain, cfg.model).to(device)
+    opt, sched = build_optimizer(model, cfg)
+    step = training_step_module(model, world, device)  # DDP broadcasts rank 0's weights
+    if world.active:
+        torch.manual_seed(cfg.seed + world.rank)  # each rank its own augmentation draws
+    start = 1
+    if resume:
+        state = load_checkpoint(resume)
+        if state["config"] != asdict(cfg):
+            raise CheckpointError(f"{resume}: its config differs from this run's; resume with the same flags")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        if world.active:
+            torch.manual_seed(cfg.seed + 1000 * start + world.rank)
+        start = int(state["epoch"]) + 1
+        run.resume_records(start)
+        log.info("resumed from %s at epoch %d", resume, start)
+    tb = None
+    if use_tb and world.main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            tb = SummaryWriter(str(run.files.root / "tb"))
+        except ImportError:
+            log.warning("--use-tb: tensorboard is not installed (pip install 'nscl[tb]'); continuing without")
+    vocab = None
+    if paths.vocab.exists():
+        vocab = list(Vocab.load(paths.vocab).words)
+    metrics: dict[str, float] = {}
+    table = tuple(tuple(int(v) for v in row) for row in cfg.curriculum_table) or RELEASE_TABLE
+    for epoch in range(start, cfg.epochs + 1):
+        stage = stage_at(epoch, cfg.epochs, table, enabled=cfg.curriculum != "off")
+        ids = ds.eligible(train_ids, stage.max_objects, stage.max_length)
+        te = time.time()
+        rec: dict[str, Any] = {"epoch": epoch, "stage": stage.index, "lr": opt.param_groups[0]["lr"]}
+        rec.update(train_one_epoch(model, ds, ids, opt, device, cfg, epoch, progress, step, world))
+        sched.step()
+        rec["seconds"] = time.time() - te
+        last = epoch == cfg.epochs
+        if world.main and (epoch % cfg.validation_interval == 0 or last):
+            if len(dev_ids):
+                rec.update(evaluate(model, ds, dev_ids, device, "validation", cfg.eval_batch_size))
+            if extra is not None:
+                rec.update(
+                    evaluate(
+                        model,
+                        extra,
+                        np.arange(len(extra)),
+                        device,
+                        "validationextra",
+                        cfg.eval_batch_size,
                     )
-            metrics = {k: v for k, v in rec.items() if "/" in k}
-            log.info(
-                "epoch %d stage %d (S<=%d, L<=%d): %d questions, loss %.4f, train acc %.4f, %.1fs%s",
-                epoch,
-                stage.index,
-                stage.max_objects,
-                stage.max_length,
-                rec["train/questions"],
-                rec["train/loss"],
-                rec["train/acc/qa"],
-                rec["seconds"],
-                "".join(f", {k} {v:.4f}" for k, v in rec.items() if k.endswith("acc/qa") and "valid" in k),
-            )
-            run.write(rec)
-            if tb is not None:
-                for k, v in rec.items():
-                    if isinstance(v, (int, float)):
-                        tb.add_scalar(k, v, epoch)
-            if epoch % cfg.save_interval == 0 or last:
-                state = checkpoint_state(model, cfg, domain, opt, sched, epoch, metrics, vocab)
-                run.save(state)
-                if not last:
-                    run.save(state, epoch)
-            run.plot()
+                )
+        metrics = {k: v for k, v in rec.items() if "/" in k}
+        log.info(
+            "epoch %d stage %d (S<=%d, L<=%d): %d questions, loss %.4f, train acc %.4f, %.1fs%s",
+            epoch,
+            stage.index,
+            stage.max_objects,
+            stage.max_length,
+            rec["train/questions"],
+            rec["train/loss"],
+            rec["train/acc/qa"],
+            rec["seconds"],
+            "".join(f", {k} {v:.4f}" for k, v in rec.items() if k.endswith("acc/qa") and "valid" in k),
+        )
+        run.write(rec)
         if tb is not None:
-            tb.close()
-        return run.result(metrics, model)
+            for k, v in rec.items():
+                if isinstance(v, (int, float)):
+                    tb.add_scalar(k, v, epoch)
+        if world.main and (epoch % cfg.save_interval == 0 or last):
+            state = checkpoint_state(model, cfg, domain, opt, sched, epoch, metrics, vocab)
+            run.save(state)
+            if not last:
+                run.save(state, epoch)
+        run.plot()
+        barrier(world)  # the other ranks wait for rank 0's evaluation and checkpoint
+    if tb is not None:
+        tb.close()
+    return run.result(metrics, model)
