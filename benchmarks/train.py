@@ -4,7 +4,8 @@ after the other in the same run on the same data (a ratio that holds on any mach
 
     .venv/bin/python benchmarks/train.py [--data-dir DIR] [--batches 40] [--threads N] [--run-dir RUN]
     .venv/bin/python benchmarks/train.py --compare benchmarks/data/demo-previous.json demo \
-        --data-dir data/demo/train-set/train --heldout-dir data/demo/val-set/val --out runs/bench-train
+        --compare-data data/demo-10q/train-set/train data/demo/train-set/train \
+        --heldout-dir data/demo/val-set/val --out runs/bench-train
 
 In --compare mode each configuration trains exactly as ``nscl train --config`` would (its own thread count), with the
 held-out split evaluated after every epoch; evaluation time is not counted, only the epochs' training seconds.
@@ -56,6 +57,12 @@ def main() -> None:
         nargs=2,
         metavar=("BEFORE", "AFTER"),
         help="train both configurations (file or shipped name) and report their time to --target held-out QA",
+    )
+    ap.add_argument(
+        "--compare-data",
+        nargs=2,
+        metavar=("BEFORE_DIR", "AFTER_DIR"),
+        help="--compare: each configuration's training split (default: --data-dir for both)",
     )
     ap.add_argument("--heldout-dir", default=None, help="--compare: the held-out split (another seed)")
     ap.add_argument("--out", default="runs/bench-train", help="--compare: run directories go here")
@@ -151,33 +158,40 @@ def compare(args: argparse.Namespace) -> None:
     from nscl.run_config import load_config
     from nscl.training.trainer import fit_nscl
 
-    if not (args.data_dir and args.heldout_dir):
-        raise SystemExit("--compare needs --data-dir (training split) and --heldout-dir (held-out split)")
+    data_dirs = args.compare_data or [args.data_dir, args.data_dir]
+    if not (all(data_dirs) and args.heldout_dir):
+        raise SystemExit("--compare needs --data-dir or --compare-data (training splits) and --heldout-dir")
     domain = builtin_domain()
-    train, heldout = SplitPaths.resolve(Path(args.data_dir)), SplitPaths.resolve(Path(args.heldout_dir))
+    heldout = SplitPaths.resolve(Path(args.heldout_dir))
     metric = "validationextra/acc/qa"
     rows = []
-    for i, name in enumerate(args.compare):
+    for i, (name, data_dir) in enumerate(zip(args.compare, data_dirs)):
+        train = SplitPaths.resolve(Path(data_dir))
         cfg = override(load_config(name), {"validation_interval": 1, "save_interval": 10**6})
         run_dir = Path(args.out) / f"{i}-{Path(name).stem}"
         res = fit_nscl(cfg, domain, train, run_dir, torch.device("cpu"), extra_paths=heldout, progress=False)
         recs = [json.loads(x) for x in res.run.metrics.read_text().splitlines() if x.strip()]
         hit = time_to(recs, metric, args.target)
         total = sum(r.get("seconds", 0.0) for r in recs)
-        rows.append((name, cfg, hit, total, recs[-1].get(metric, 0.0)))
+        last = recs[-1]
+        types = {k.rsplit("/", 1)[1]: v for k, v in last.items() if k.startswith(metric + "/")}
+        low = min(types, key=types.get) if types else None
+        lowest = f"{low} {types[low]:.4f}" if low else "-"
+        rows.append((f"{name} on {data_dir}", cfg, hit, total, last.get(metric, 0.0), lowest))
     print(machine_line() + f"; torch {torch.__version__}")
     print(f"time to {args.target:.1%} held-out QA ({args.heldout_dir}), training seconds only:\n")
     print(
-        "| configuration | threads | batch | epochs | reaches target at | training to target | full training | final held-out QA |"
+        "| configuration | threads | batch | epochs | reaches target at | training to target | full training "
+        "| final held-out QA | its lowest type |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, cfg, hit, total, final in rows:
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, cfg, hit, total, final, lowest in rows:
         at = f"epoch {hit[0]}" if hit else "never"
         to = f"{hit[1] / 60:.1f} min" if hit else "-"
         print(
-            f"| {name} | {cfg.threads} | {cfg.batch_size} | {cfg.epochs} | {at} | {to} | {total / 60:.1f} min | {final:.4f} |"
+            f"| {name} | {cfg.threads} | {cfg.batch_size} | {cfg.epochs} | {at} | {to} | {total / 60:.1f} min | {final:.4f} | {lowest} |"
         )
-    (_, _, h0, _, _), (_, _, h1, _, _) = rows
+    h0, h1 = rows[0][2], rows[1][2]
     if h0 and h1:
         print(
             f"\n{args.compare[1]} reaches {args.target:.1%} {h0[1] / h1[1]:.2f}x sooner than {args.compare[0]}"

@@ -390,6 +390,9 @@ def _demo_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--train-images", type=int, default=3000)
     p.add_argument("--val-images", type=int, default=500)
+    p.add_argument(
+        "--questions-per-image", type=int, default=20, help="questions per training image (default: 20)"
+    )
     p.add_argument("--width", type=int, default=192)
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--seed", type=int, default=0, help="train data seed; val uses seed + 1")
@@ -407,6 +410,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             config=args.config,
             train_images=args.train_images,
             val_images=args.val_images,
+            questions_per_image=args.questions_per_image,
             width=args.width,
             height=args.height,
             seed=args.seed,

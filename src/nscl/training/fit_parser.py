@@ -89,7 +89,10 @@ def read_parser_data(
     init: str | None,
     device: torch.device,
     progress: bool,
+    train_scenes: bool = True,
 ) -> ParserData:
+    """``train_scenes=False``: only the dev part's images are decoded for the model (enough to validate a
+    supervised parser; REINFORCE, self-training and joint training perceive every training image)."""
     base = load(init, device) if init else None
     if base is not None and base.domain != domain:
         raise CheckpointError(f"{init}: its domain differs from --domain")
@@ -101,7 +104,15 @@ def read_parser_data(
     ds = extra_ds = None
     if base is not None and base.model is not None:
         split.check_images()
-        ds = QADataset(split, domain, cfg.image_height, progress)
+        perceived = split
+        if not train_scenes:
+            dev_images = {e.image_index for e in dev_ex}
+            perceived = Split(
+                split.paths,
+                {i: sc for i, sc in split.scenes.items() if i in dev_images},
+                [q for q in split.questions if q.image_index in dev_images],
+            )
+        ds = QADataset(perceived, domain, cfg.image_height, progress)
         if extra_split is not None:
             extra_split.check_images()
             extra_ds = QADataset(extra_split, domain, cfg.image_height, progress)
@@ -153,8 +164,11 @@ def fit_parser(
 ) -> FitResult:
     """``--training-target parser`` (module docstring); ``init``: the NSCL checkpoint to start from."""
     pcfg = cfg.parser
+    learns_from_answers = pcfg.annotations > 0 and (
+        pcfg.reinforce_epochs > 0 or (pcfg.self_train_epochs > 0 and pcfg.self_train_rounds > 0)
+    )
     with Run(run_dir, cfg, plot_parser_curves) as run:
-        data = read_parser_data(cfg, domain, paths, extra_paths, init, device, progress)
+        data = read_parser_data(cfg, domain, paths, extra_paths, init, device, progress, learns_from_answers)
         if data.base is not None and data.base.model is not None:
             data.base.model.requires_grad_(False)
         annotated = [e for e in data.train if e.program is not None]

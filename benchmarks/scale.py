@@ -1,0 +1,201 @@
+"""Scale: training throughput in one process and across processes (torchrun, gloo on the CPU; NCCL on GPUs), and
+how long a CLEVR-size questions file takes to load and how much memory it needs.
+
+    .venv/bin/python benchmarks/scale.py throughput --data-dir data/demo/train-set/train [--procs 1 2] [--batches 60]
+    .venv/bin/python benchmarks/scale.py load --scenes 70000 --questions-per-scene 10
+
+``throughput`` trains the demo configuration on the full curriculum stage for ``--batches`` batches per process after
+a warm-up, once per entry of ``--procs`` (1: one process with the config's threads; N: ``torchrun --nproc-per-node N``,
+the cores shared out), and prints questions/s and images/s for each, with the CPU model. ``load`` writes a synthetic
+split (the scenes and questions of ``--data-dir`` repeated, image files shared) and times ``nscl.data.load_split``
+on it in a fresh process, with its peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _worker(args: argparse.Namespace) -> None:
+    """One rank's share of ``--batches`` batches of the full stage; rank 0 prints a JSON line."""
+    import numpy as np
+    import torch
+
+    from nscl.config import override
+    from nscl.data import SplitPaths, load_split
+    from nscl.domain import builtin_domain
+    from nscl.inference.dataset import QADataset
+    from nscl.models.nscl import NSCL
+    from nscl.run_config import load_config
+    from nscl.training.distributed import all_sum, barrier, init_world, shard, shutdown, training_step_module
+    from nscl.training.trainer import build_optimizer
+
+    cfg = override(load_config(args.config), {"min_questions_per_epoch": 0})
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    world, device = init_world(torch.device(args.device), cfg.threads)
+    domain = builtin_domain()
+    ds = QADataset(load_split(SplitPaths.resolve(args.data_dir), domain), domain, cfg.image_height)
+    torch.manual_seed(0)
+    model = NSCL(domain, cfg.model).to(device).train()
+    step = training_step_module(model, world, device)
+    opt, _ = build_optimizer(model, cfg)
+    batches = list(ds.batches(np.arange(len(ds)), cfg.batch_size, np.random.default_rng(0)))
+    mine = shard(batches[: (args.batches + args.warmup) * world.size], world)
+
+    def run(part: list) -> tuple[int, int]:
+        nq = ni = 0
+        for qids in part:
+            batch = ds.make_batch(qids).to(device)
+            loss, _ = step(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.mean().backward()
+            opt.step()
+            nq += len(qids)
+            ni += len(batch.image_ids)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return nq, ni
+
+    run(mine[: args.warmup])
+    barrier(world)
+    t = time.perf_counter()
+    nq, ni = run(mine[args.warmup :])
+    barrier(world)
+    dt = time.perf_counter() - t
+    nq, ni = all_sum([nq, ni], world)
+    if world.main:
+        print(json.dumps({"procs": world.size, "questions": nq, "images": ni, "seconds": dt}))
+    shutdown(world)
+
+
+def throughput(args: argparse.Namespace) -> None:
+    from machine import machine_line
+
+    rows = []
+    for n in args.procs:
+        worker = [str(HERE / "scale.py"), "worker", "--data-dir", args.data_dir, "--config", args.config]
+        worker += ["--batches", str(args.batches), "--warmup", str(args.warmup), "--device", args.device]
+        if n == 1:
+            cmd = [sys.executable, *worker]
+        else:
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc-per-node={n}",
+                *worker,
+            ]
+        env = {**os.environ, "PYTHONPATH": str(HERE)}
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if res.returncode != 0:
+            raise SystemExit(f"{n} process(es) failed:\n{res.stderr[-3000:]}")
+        rec = json.loads([x for x in res.stdout.splitlines() if x.startswith("{")][-1])
+        rows.append(rec)
+    print(
+        machine_line() + f"; config {args.config}; device {args.device}; {args.batches} batches per process\n"
+    )
+    print("| processes | questions/s | images/s | vs 1 process |")
+    print("| --- | --- | --- | --- |")
+    base = rows[0]["questions"] / rows[0]["seconds"]
+    for r in rows:
+        qps = r["questions"] / r["seconds"]
+        print(f"| {r['procs']} | {qps:.0f} | {r['images'] / r['seconds']:.1f} | {qps / base:.2f}x |")
+
+
+def _load_child(split: str) -> None:
+    from nscl.data import SplitPaths, load_split
+    from nscl.domain import builtin_domain
+
+    t = time.perf_counter()
+    s = load_split(SplitPaths.resolve(split), builtin_domain())
+    dt = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(
+        json.dumps({"scenes": len(s.scenes), "questions": len(s.questions), "seconds": dt, "peak_gib": peak})
+    )
+
+
+def load(args: argparse.Namespace) -> None:
+    from machine import machine_line
+
+    src = Path(args.data_dir)
+    scenes = json.loads((src / "scenes.json").read_text())["scenes"]
+    questions = json.loads((src / "questions.json").read_text())["questions"]
+    by_image: dict[int, list] = {}
+    for q in questions:
+        by_image.setdefault(q["image_index"], []).append(q)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "big"
+        (out / "images").mkdir(parents=True)
+        big_s, big_q = [], []
+        for i in range(args.scenes):
+            s = dict(scenes[i % len(scenes)])
+            qs = by_image.get(s["image_index"], [])[: args.questions_per_scene]
+            link = out / "images" / s["image_filename"]
+            if not link.exists():
+                link.symlink_to((src / "images" / s["image_filename"]).resolve())
+            s["image_index"] = i
+            big_s.append(s)
+            big_q += [{**q, "image_index": i} for q in qs]
+        (out / "scenes.json").write_text(json.dumps({"info": {}, "scenes": big_s}))
+        (out / "questions.json").write_text(json.dumps({"info": {}, "questions": big_q}))
+        mb = sum((out / f).stat().st_size for f in ("scenes.json", "questions.json")) / 2**20
+        del big_s, big_q
+        res = subprocess.run(
+            [sys.executable, str(HERE / "scale.py"), "load-child", str(out)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(HERE)},
+        )
+        if res.returncode != 0:
+            raise SystemExit(res.stderr[-3000:])
+        rec = json.loads(res.stdout.splitlines()[-1])
+    print(machine_line())
+    print(
+        f"load_split: {rec['scenes']} scenes, {rec['questions']} questions ({mb:.0f} MB of JSON): "
+        f"{rec['seconds']:.1f} s, peak memory {rec['peak_gib']:.2f} GiB"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    for name in ("throughput", "worker"):
+        p = sub.add_parser(name)
+        p.add_argument("--data-dir", default="data/demo/train-set/train")
+        p.add_argument("--config", default="demo")
+        p.add_argument("--batches", type=int, default=60)
+        p.add_argument("--warmup", type=int, default=5)
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--procs", type=int, nargs="+", default=[1, 2])
+    p = sub.add_parser("load")
+    p.add_argument("--data-dir", default="data/demo/train-set/train")
+    p.add_argument("--scenes", type=int, default=70000)
+    p.add_argument("--questions-per-scene", type=int, default=10)
+    p = sub.add_parser("load-child")
+    p.add_argument("split")
+    args = ap.parse_args()
+    if args.what == "throughput":
+        throughput(args)
+    elif args.what == "worker":
+        _worker(args)
+    elif args.what == "load":
+        load(args)
+    else:
+        _load_child(args.split)
+
+
+if __name__ == "__main__":
+    main()
