@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -350,9 +351,44 @@ def test_same_config_gives_identical_output(reference, tmp_path, domain, workers
     assert_same_output(ref_root, tmp_path)
 
 
+def test_shards_made_apart_merge_into_the_bytes_of_one_run(reference, tmp_path, domain, monkeypatch):
+    """--shard I/N on two "machines" (two folders), their .parts gathered in one, then the same command without
+    --shard: the very bytes of the uninterrupted run, and no chunk is made twice."""
+    ref_root, ref_summary = reference
+    machines = [tmp_path / "m0", tmp_path / "m1"]
+    made = []
+    for i, m in enumerate(machines):
+        counts = generate_dataset(small_cfg(m, shard=f"{i}/2"), domain, progress=False)
+        made.append(counts)
+        assert not (m / "train" / "scenes.json").exists()  # a shard writes only parts
+    # train has chunks 0, 1, 2 (shard 0: 0 and 2; shard 1: 1); val has chunk 0 (shard 0)
+    assert made == [
+        {"train": {"images": 10, "questions": 100}, "val": {"images": 5, "questions": 50}},
+        {"train": {"images": 5, "questions": 50}},
+    ]
+    for split in ("train", "val"):
+        for part in (machines[1] / split / ".parts").glob("*.json"):
+            shutil.copy(part, machines[0] / split / ".parts" / part.name)
+        for img in (machines[1] / split / "images").glob("*.png"):
+            shutil.copy(img, machines[0] / split / "images" / img.name)
+
+    def must_not_run(job):  # noqa: ANN001, ANN202
+        raise AssertionError(f"chunk {job.split}/{job.chunk} made again")
+
+    monkeypatch.setattr(pipeline, "run_chunk", must_not_run)
+    assert generate_dataset(small_cfg(machines[0]), domain, progress=False) == ref_summary
+    assert_same_output(ref_root, machines[0])
+
+
+@pytest.mark.parametrize("bad", ["1", "2/2", "a/b", "-1/3"])
+def test_bad_shard_is_refused(tmp_path, bad):
+    with pytest.raises(ValueError, match="shard"):
+        small_cfg(tmp_path, shard=bad)
+
+
 def test_fingerprint_ignores_only_out_and_workers(tmp_path):
     base = small_cfg(tmp_path)
-    assert replace(base, out="elsewhere", workers=7).fingerprint() == base.fingerprint()
+    assert replace(base, out="elsewhere", workers=7, shard="1/3").fingerprint() == base.fingerprint()
     for change in (
         {"seed": 12},
         {"train_images": 16},

@@ -150,7 +150,8 @@ def test_non_editable_install_runs_demo_help_and_finds_its_config(tmp_path):
         text=True,
         check=True,
     ).stdout.split()
-    assert out[0].startswith(str(site)) and out[1] == "32"
+    shipped = json.loads((ROOT / "src" / "nscl" / "configs" / "demo.json").read_text())
+    assert out[0].startswith(str(site)) and out[1] == str(shipped["epochs"])
     helped = subprocess.run(
         [sys.executable, "-m", "nscl", "demo", "--help"],
         cwd=tmp_path,

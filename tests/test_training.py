@@ -677,3 +677,34 @@ def test_data_dir_must_exist(tmp_path, capsys):
 def test_paths_are_resolved(gen_root):
     p = SplitPaths.resolve(gen_root / "train")
     assert isinstance(p.scenes, Path) and p.images.is_dir()
+
+
+# --------------------------------------------------------------------------------------------- data loading
+def test_lazy_images_decode_the_same_pixels(gen_split, gen_dataset, domain):
+    lazy = QADataset(gen_split, domain, gen_dataset.height, lazy_images=True)
+    assert lazy.images.shape[0] == 0  # nothing decoded up front
+    rows = np.array([3, 0, 7])
+    a, b = gen_dataset.scene_batch(rows), lazy.scene_batch(rows)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+
+def test_lazy_images_and_loader_workers_train_identically(gen_root, domain, tmp_path):
+    """Decoding per batch in two DataLoader worker processes trains exactly as decoding up front in-process."""
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for i, kw in enumerate([{}, {"lazy_images": True, "loader_workers": 2}]):
+            res = fit_nscl(
+                small_cfg(epochs=2, **kw),
+                domain,
+                SplitPaths.resolve(gen_root / "train"),
+                tmp_path / f"run{i}",
+                torch.device("cpu"),
+                progress=False,
+            )
+            runs.append([json.loads(x) for x in res.run.metrics.read_text().splitlines()])
+    finally:
+        torch.set_num_threads(threads)
+    keys = ("train/loss", "train/acc/qa", "validation/acc/qa")
+    assert [[r[k] for k in keys] for r in runs[0]] == [[r[k] for k in keys] for r in runs[1]]

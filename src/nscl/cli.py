@@ -120,6 +120,13 @@ def _generate_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--supersample", type=int, default=2, help="antialiasing rays per pixel side")
     p.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="make only every N-th chunk from I (one of N machines); the same command without --shard, where "
+        "all shards' <split>/.parts/ were gathered, writes the dataset",
+    )
     p.add_argument("--no-progress", action="store_true")
     add_domain_flag(p)
 
@@ -145,6 +152,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             synonyms=args.synonyms,
             supersample=args.supersample,
             workers=args.workers,
+            shard=args.shard,
         )
     except ValueError as e:
         raise NSCLError(str(e)) from None

@@ -115,6 +115,11 @@ class TrainConfig:
     image_height: int = 128
     seed: int = 0
     threads: int = 0  # torch CPU threads, 0 = default
+    # Data: lazy_images decodes images per batch instead of all up front (CLEVR-size data); loader_workers > 0
+    # assembles batches (image decoding included) in that many DataLoader worker processes, pinned in memory on
+    # CUDA. Neither changes what is trained on.
+    lazy_images: bool = False
+    loader_workers: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     parser: ParserTrainConfig = field(default_factory=ParserTrainConfig)  # --training-target parser|all
 
@@ -125,6 +130,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.epochs < 0:
             raise ConfigError(f"epochs must be >= 0, not {self.epochs}")
+        if self.loader_workers < 0:
+            raise ConfigError(f"loader_workers must be >= 0, not {self.loader_workers}")
 
 
 def builtin_configs() -> list[str]:

@@ -54,6 +54,10 @@ class GenerateConfig:
     workers: int = 0  # 0 = all cores
     chunk_size: int = 250
     prefix: str = "CLEVR"
+    # "I/N" (0 <= I < N): make only the chunks c with c % N == I and keep them in <split>/.parts/; the same command
+    # without --shard, run where every shard's parts were gathered, writes the final files (the bytes of a run
+    # without shards, since each chunk depends only on seed, split and chunk number)
+    shard: str | None = None
 
     def __post_init__(self) -> None:
         # Validate up front (clear one-line errors before anything is written).
@@ -70,6 +74,19 @@ class GenerateConfig:
         for name in ("train_images", "val_images", "test_images", "workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        self.shard_of()
+
+    def shard_of(self) -> tuple[int, int] | None:
+        """(I, N) of ``shard`` "I/N", None without; ValueError names a malformed one."""
+        if self.shard is None:
+            return None
+        try:
+            i, n = (int(x) for x in self.shard.split("/"))
+        except ValueError:
+            raise ValueError(f"shard must be I/N (e.g. 0/4), got {self.shard!r}") from None
+        if not 0 <= i < n:
+            raise ValueError(f"shard {self.shard}: I must be in 0..N-1")
+        return i, n
 
     def splits(self) -> list[tuple[str, int]]:
         return [
@@ -81,7 +98,7 @@ class GenerateConfig:
     def fingerprint(self) -> str:
         """Everything that determines the output (not the worker count)."""
         d = asdict(self)
-        for k in ("out", "workers"):
+        for k in ("out", "workers", "shard"):
             d.pop(k)
         d["version"] = __version__
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -223,6 +240,7 @@ def generate_dataset(cfg: GenerateConfig, domain: Domain, progress: bool = True)
     if not cfg.splits():
         raise NSCLError("nothing to generate: give --train-images, --val-images or --test-images")
     out = Path(cfg.out)
+    shard = cfg.shard_of()
     done_already = _complete(cfg)
     if done_already is not None:
         log.info("%s already holds this dataset (same settings); nothing to do", out)
@@ -236,7 +254,17 @@ def generate_dataset(cfg: GenerateConfig, domain: Domain, progress: bool = True)
             results[(j.split, j.chunk)] = part
         else:
             todo.append(j)
-    if len(todo) < len(jobs):
+    if shard is not None:
+        mine = [j for j in jobs if j.chunk % shard[1] == shard[0]]
+        todo = [j for j in todo if j.chunk % shard[1] == shard[0]]
+        log.info(
+            "shard %s: %d of %d chunks, %d already done",
+            cfg.shard,
+            len(mine),
+            len(jobs),
+            len(mine) - len(todo),
+        )
+    elif len(todo) < len(jobs):
         log.info("resuming: %d of %d chunks already done", len(jobs) - len(todo), len(jobs))
     for split, _ in cfg.splits():
         (out / split / "images").mkdir(parents=True, exist_ok=True)
@@ -261,6 +289,21 @@ def generate_dataset(cfg: GenerateConfig, domain: Domain, progress: bool = True)
                 futures = {pool.submit(run_chunk, j): j for j in todo}
                 for fut in as_completed(futures):  # save each chunk as soon as it is finished
                     done(futures[fut], fut.result())
+    if shard is not None:
+        log.info(
+            "shard %s done: its chunks are in %s/<split>/.parts/; gather every shard's parts there and run the "
+            "same command without --shard to write the dataset",
+            cfg.shard,
+            out,
+        )
+        counts: dict[str, dict[str, int]] = {}
+        for (split, chunk), part in sorted(results.items()):
+            if chunk % shard[1] != shard[0]:
+                continue
+            c = counts.setdefault(split, {"images": 0, "questions": 0})
+            c["images"] += len(part["scenes"])
+            c["questions"] += len(part["questions"])
+        return counts
     summary: dict[str, dict[str, int]] = {}
     merged: dict[str, tuple[list, list]] = {}
     for split, _ in cfg.splits():

@@ -37,6 +37,20 @@ class Batch:
     question_ids: Tensor  # (Q,) index into the dataset's questions
     image_ids: Tensor  # (B,) index into the dataset's images
 
+    def pin_memory(self) -> Batch:
+        """Page-locked copies of the image tensors (DataLoader(pin_memory=True) calls this), for faster copies
+        to a GPU; the programs stay as they are."""
+        return Batch(
+            self.images.pin_memory(),
+            self.boxes.pin_memory(),
+            self.mask.pin_memory(),
+            self.programs,
+            self.kind,
+            self.value,
+            self.question_ids,
+            self.image_ids,
+        )
+
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
             self.images.to(device),
@@ -67,9 +81,20 @@ def load_image(path, height: int, width: int) -> np.ndarray:  # noqa: ANN001
 
 
 class QADataset:
-    """All images of a split at one resolution, their boxes, and every answerable question compiled."""
+    """All images of a split at one resolution, their boxes, and every answerable question compiled.
 
-    def __init__(self, split: Split, domain: Domain, image_height: int, progress: bool = False) -> None:
+    ``lazy_images``: images are decoded when a batch asks for them instead of all at once (a CLEVR-size split
+    does not fit in memory decoded: 70,000 images at 320x480 are 32 GB); batches are then best assembled in
+    DataLoader workers (``TrainConfig.loader_workers``)."""
+
+    def __init__(
+        self,
+        split: Split,
+        domain: Domain,
+        image_height: int,
+        progress: bool = False,
+        lazy_images: bool = False,
+    ) -> None:
         self.domain = domain
         self.kinds = AnswerKinds(domain)
         compiler = Compiler(domain)
@@ -93,16 +118,22 @@ class QADataset:
         w0, h0 = size_of(scenes[0])
         self.height = image_height
         self.width = round(w0 * image_height / h0)
-        imgs = np.empty((len(scenes), self.height, self.width, 3), dtype=np.uint8)
+        self.image_paths = [split.paths.images / s.image_filename for s in scenes]
+        self.lazy_images = lazy_images
+        imgs = np.empty((0 if lazy_images else len(scenes), self.height, self.width, 3), dtype=np.uint8)
         self.boxes: list[Tensor] = []
-        for i, s in enumerate(progress_bar(scenes, progress, desc="decode images", unit="img")):
+        desc = "read image sizes" if lazy_images else "decode images"
+        for i, s in enumerate(progress_bar(scenes, progress, desc=desc, unit="img")):
             w, h = size_of(s) if i else (w0, h0)
-            imgs[i] = load_image(split.paths.images / s.image_filename, self.height, self.width)
+            if not lazy_images:
+                imgs[i] = load_image(self.image_paths[i], self.height, self.width)
             b = torch.tensor([o.as_list() for o in s.boxes], dtype=torch.float32)
             self.boxes.append(
                 b * torch.tensor([self.width / w, self.height / h, self.width / w, self.height / h])
             )
-        self.images = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()  # (I, 3, H, W)
+        self.images = (
+            torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()
+        )  # (I, 3, H, W); (0, ...) if lazy
         self.n_objects = np.array([len(s.objects) for s in scenes])
         # Questions
         self.programs: list[CompiledProgram] = []
@@ -185,7 +216,14 @@ class QADataset:
             k = len(self.boxes[i])
             boxes[b, :k] = self.boxes[i]
             mask[b, :k] = True
-        return self.images[image_ids], boxes, mask
+        return self.decoded(image_ids), boxes, mask
+
+    def decoded(self, image_ids: np.ndarray) -> Tensor:
+        """uint8 images (Tensor[B, 3, H, W]) of dataset rows ``image_ids``, from memory or from their files."""
+        if not self.lazy_images:
+            return self.images[image_ids]
+        arr = np.stack([load_image(self.image_paths[i], self.height, self.width) for i in image_ids])
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
 
 def train_images(image_indices: Sequence[int], fraction: float, seed: int) -> frozenset[int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..data import SplitPaths, load_split
 from ..domain import Domain
-from ..inference.dataset import QADataset, split_train_dev
+from ..inference.dataset import Batch, QADataset, split_train_dev
 from ..inference.evaluate import evaluate
 from ..models.nscl import NSCL
 from ..progress import progress_bar
@@ -63,6 +64,22 @@ def build_optimizer(
     return opt, sched
 
 
+def batch_loader(
+    ds: QADataset, batches: list[np.ndarray], workers: int, device: torch.device
+) -> Iterable[Batch]:
+    """The epoch's batches assembled in order: here, or in ``workers`` DataLoader processes (pinned memory when
+    training on CUDA)."""
+    if workers <= 0:
+        return (ds.make_batch(q) for q in batches) if batches else []
+    return torch.utils.data.DataLoader(
+        batches,  # type: ignore[arg-type]
+        batch_size=None,
+        collate_fn=ds.make_batch,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+
+
 def train_one_epoch(
     model: NSCL,
     ds: QADataset,
@@ -91,9 +108,13 @@ def train_one_epoch(
         n += len(ids)
     batches = shard(batches, world)
     tot_loss, tot_ok, tot_n = 0.0, 0, 0
-    bar = progress_bar(batches, progress and world.main, desc=f"epoch {epoch}", unit="batch", leave=False)
-    for qids in bar:
-        batch = ds.make_batch(qids).to(device)
+    loader = batch_loader(ds, batches, cfg.loader_workers, device)
+    bar = progress_bar(
+        loader, progress and world.main, total=len(batches), desc=f"epoch {epoch}", unit="batch", leave=False
+    )
+    for batch in bar:
+        qids = batch.question_ids
+        batch = batch.to(device)
         loss, correct = step(batch)
         opt.zero_grad(set_to_none=True)
         loss.mean().backward()
@@ -170,14 +191,14 @@ def _fit(
 ) -> FitResult:
     train_split = load_split(paths, domain)
     train_split.check_images()
-    ds = QADataset(train_split, domain, cfg.image_height, progress)
+    ds = QADataset(train_split, domain, cfg.image_height, progress, cfg.lazy_images)
     train_ids, dev_ids = split_train_dev(ds, cfg.data_split, cfg.seed)
     train_ids = trim(train_ids, cfg.data_trim, cfg.seed)
     extra = None
     if extra_paths is not None:
         extra_split = load_split(extra_paths, domain)
         extra_split.check_images()
-        extra = QADataset(extra_split, domain, cfg.image_height, progress)
+        extra = QADataset(extra_split, domain, cfg.image_height, progress, cfg.lazy_images)
     log.info(
         "train: %d questions on %d images; dev: %d questions; extra: %s",
         len(train_ids),
