@@ -13,7 +13,6 @@ only hold for this machine and thread count, so the CPU model is printed with th
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections import defaultdict
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from machine import machine_line
-from nscl.config import override
+from nscl.config import override, parse_settings
 from nscl.data import SplitPaths, load_split
 from nscl.domain import builtin_domain
 from nscl.inference.dataset import QADataset
@@ -44,13 +43,7 @@ def profile(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cfg = override(
-        load_config(args.config),
-        {
-            k: json.loads(v) if v[:1] in "0123456789-[{" else v
-            for k, v in (item.split("=", 1) for item in args.set)
-        },
-    )
+    cfg = override(load_config(args.config), parse_settings(args.set))
     domain = builtin_domain()
     ds = QADataset(load_split(SplitPaths.resolve(args.data_dir), domain), domain, cfg.image_height)
     model = NSCL(domain, cfg.model).to(device)

@@ -2,6 +2,7 @@
 how long a CLEVR-size questions file takes to load and how much memory it needs.
 
     .venv/bin/python benchmarks/scale.py throughput --data-dir data/demo/train-set/train [--procs 1 2] [--batches 60]
+        [--set loader_workers=1]
     .venv/bin/python benchmarks/scale.py load --scenes 70000 --questions-per-scene 10
 
 ``throughput`` trains the demo configuration on the full curriculum stage for ``--batches`` batches per process after
@@ -27,55 +28,42 @@ HERE = Path(__file__).resolve().parent
 
 
 def _worker(args: argparse.Namespace) -> None:
-    """One rank's share of ``--batches`` batches of the full stage; rank 0 prints a JSON line."""
+    """``nscl``'s own training epoch (``train_one_epoch``: this rank's shard of the batches, DDP when several
+    processes) over ``--batches`` batches per process after a warm-up; rank 0 prints a JSON line."""
     import numpy as np
     import torch
 
-    from nscl.config import override
+    from nscl.config import override, parse_settings
     from nscl.data import SplitPaths, load_split
     from nscl.domain import builtin_domain
     from nscl.inference.dataset import QADataset
     from nscl.models.nscl import NSCL
     from nscl.run_config import load_config
-    from nscl.training.distributed import all_sum, barrier, init_world, shard, shutdown, training_step_module
-    from nscl.training.trainer import build_optimizer
+    from nscl.training.distributed import barrier, init_world, shutdown, training_step_module
+    from nscl.training.trainer import build_optimizer, train_one_epoch
 
-    cfg = override(load_config(args.config), {"min_questions_per_epoch": 0})
+    cfg = override(load_config(args.config), {"min_questions_per_epoch": 0, **parse_settings(args.set)})
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     world, device = init_world(torch.device(args.device), cfg.threads)
     domain = builtin_domain()
     ds = QADataset(load_split(SplitPaths.resolve(args.data_dir), domain), domain, cfg.image_height)
     torch.manual_seed(0)
-    model = NSCL(domain, cfg.model).to(device).train()
+    model = NSCL(domain, cfg.model).to(device)
     step = training_step_module(model, world, device)
     opt, _ = build_optimizer(model, cfg)
     batches = list(ds.batches(np.arange(len(ds)), cfg.batch_size, np.random.default_rng(0)))
-    mine = shard(batches[: (args.batches + args.warmup) * world.size], world)
-
-    def run(part: list) -> tuple[int, int]:
-        nq = ni = 0
-        for qids in part:
-            batch = ds.make_batch(qids).to(device)
-            loss, _ = step(batch)
-            opt.zero_grad(set_to_none=True)
-            loss.mean().backward()
-            opt.step()
-            nq += len(qids)
-            ni += len(batch.image_ids)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return nq, ni
-
-    run(mine[: args.warmup])
+    warm, timed = args.warmup * world.size, args.batches * world.size
+    warm_ids, ids = np.concatenate(batches[:warm]), np.concatenate(batches[warm : warm + timed])
+    train_one_epoch(model, ds, warm_ids, opt, device, cfg, 1, False, step, world)
     barrier(world)
     t = time.perf_counter()
-    nq, ni = run(mine[args.warmup :])
+    nq = train_one_epoch(model, ds, ids, opt, device, cfg, 2, False, step, world)["train/questions"]
     barrier(world)
     dt = time.perf_counter() - t
-    nq, ni = all_sum([nq, ni], world)
+    images = nq * len(np.unique(ds.q_image[ids])) / len(ids)  # the timed questions' images per question
     if world.main:
-        print(json.dumps({"procs": world.size, "questions": nq, "images": ni, "seconds": dt}))
+        print(json.dumps({"procs": world.size, "questions": nq, "images": images, "seconds": dt}))
     shutdown(world)
 
 
@@ -86,6 +74,7 @@ def throughput(args: argparse.Namespace) -> None:
     for n in args.procs:
         worker = [str(HERE / "scale.py"), "worker", "--data-dir", args.data_dir, "--config", args.config]
         worker += ["--batches", str(args.batches), "--warmup", str(args.warmup), "--device", args.device]
+        worker += [x for kv in args.set for x in ("--set", kv)]
         if n == 1:
             cmd = [sys.executable, *worker]
         else:
@@ -180,6 +169,13 @@ def main() -> None:
         p.add_argument("--warmup", type=int, default=5)
         p.add_argument("--device", default="cpu")
         p.add_argument("--procs", type=int, nargs="+", default=[1, 2])
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config value (repeatable)",
+        )
     p = sub.add_parser("load")
     p.add_argument("--data-dir", default="data/demo/train-set/train")
     p.add_argument("--scenes", type=int, default=70000)

@@ -232,17 +232,8 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def _parse_value(text: str):  # noqa: ANN202
-    import json
-
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def train_config_from_args(args: argparse.Namespace):  # noqa: ANN201
-    from .config import override
+    from .config import override, parse_settings
     from .run_config import TrainConfig, load_config
 
     cfg = load_config(args.config) if args.config else TrainConfig()
@@ -266,11 +257,7 @@ def train_config_from_args(args: argparse.Namespace):  # noqa: ANN201
     ):
         if getattr(args, flag) is not None:
             updates[key] = getattr(args, flag)
-    for item in args.set:
-        if "=" not in item:
-            raise NSCLError(f"--set {item!r}: expected KEY=VALUE")
-        k, v = item.split("=", 1)
-        updates[k.strip()] = _parse_value(v)
+    updates.update(parse_settings(args.set))
     return override(cfg, updates)
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from .errors import NSCLError
@@ -95,6 +96,21 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") ->
 
 def to_dict(obj: Any) -> dict:
     return dataclasses.asdict(obj)
+
+
+def parse_settings(items: Sequence[str]) -> dict[str, Any]:
+    """``--set`` items ``KEY=VALUE`` as dotted-key updates for :func:`override`: a VALUE that is JSON (``32``,
+    ``true``, ``[[5, 3, 4]]``) is read as JSON, anything else is a string."""
+    updates: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        try:
+            updates[k.strip()] = json.loads(v)
+        except ValueError:
+            updates[k.strip()] = v
+    return updates
 
 
 def override(obj: T, updates: Mapping[str, Any]) -> T:

@@ -131,9 +131,8 @@ class QADataset:
             self.boxes.append(
                 b * torch.tensor([self.width / w, self.height / h, self.width / w, self.height / h])
             )
-        self.images = (
-            torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()
-        )  # (I, 3, H, W); (0, ...) if lazy
+        # (I, 3, H, W) uint8; no rows with lazy_images
+        self.images = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()
         self.n_objects = np.array([len(s.objects) for s in scenes])
         # Questions
         self.programs: list[CompiledProgram] = []

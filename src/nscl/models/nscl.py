@@ -20,8 +20,9 @@ class ModelConfig:
     perception: PerceptionConfig = field(default_factory=PerceptionConfig)
     concepts: ConceptConfig = field(default_factory=ConceptConfig)
     # "bfloat16": perception (trunk, RoI pooling, crop branch, heads) runs under torch.autocast in bfloat16 on the
-    # inputs' device; concept similarities and the executor stay in float32. About 1.2x faster training steps on
-    # a CPU with AVX512-BF16 (benchmarks/profile_step.py --precision), much slower on one without; opt-in.
+    # inputs' device; concept similarities and the executor stay in float32. Opt-in, meant for GPUs: on the
+    # project's AVX512-BF16 CPU it gave no steady gain at the demo's sizes (benchmarks/profile_step.py
+    # --set model.precision=bfloat16, README "Training speed").
     precision: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self) -> None:

@@ -164,18 +164,15 @@ def fit_parser(
 ) -> FitResult:
     """``--training-target parser`` (module docstring); ``init``: the NSCL checkpoint to start from."""
     pcfg = cfg.parser
-    learns_from_answers = pcfg.annotations > 0 and (
-        pcfg.reinforce_epochs > 0 or (pcfg.self_train_epochs > 0 and pcfg.self_train_rounds > 0)
-    )
+    do_rl = pcfg.annotations > 0 and pcfg.reinforce_epochs > 0
+    do_st = pcfg.annotations > 0 and pcfg.self_train_epochs > 0 and pcfg.self_train_rounds > 0
     with Run(run_dir, cfg, plot_parser_curves) as run:
-        data = read_parser_data(cfg, domain, paths, extra_paths, init, device, progress, learns_from_answers)
+        data = read_parser_data(cfg, domain, paths, extra_paths, init, device, progress, do_rl or do_st)
         if data.base is not None and data.base.model is not None:
             data.base.model.requires_grad_(False)
         annotated = [e for e in data.train if e.program is not None]
         if pcfg.annotations > 0:
             annotated = [annotated[i] for i in stratified_subset(annotated, pcfg.annotations, cfg.seed)]
-        do_rl = pcfg.annotations > 0 and pcfg.reinforce_epochs > 0
-        do_st = pcfg.annotations > 0 and pcfg.self_train_epochs > 0 and pcfg.self_train_rounds > 0
         train_scenes = data.scenes("train", pcfg, device) if do_rl or do_st else None
         if (do_rl or do_st) and train_scenes is None:
             raise NSCLError(

@@ -70,7 +70,7 @@ def batch_loader(
     """The epoch's batches assembled in order: here, or in ``workers`` DataLoader processes (pinned memory when
     training on CUDA)."""
     if workers <= 0:
-        return (ds.make_batch(q) for q in batches) if batches else []
+        return (ds.make_batch(q) for q in batches)
     return torch.utils.data.DataLoader(
         batches,  # type: ignore[arg-type]
         batch_size=None,
@@ -220,9 +220,9 @@ def _fit(
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        start = int(state["epoch"]) + 1
         if world.active:
             torch.manual_seed(cfg.seed + 1000 * start + world.rank)
-        start = int(state["epoch"]) + 1
         run.resume_records(start)
         log.info("resumed from %s at epoch %d", resume, start)
     tb = None
