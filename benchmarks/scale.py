@@ -3,13 +3,17 @@ how long a CLEVR-size questions file takes to load and how much memory it needs.
 
     .venv/bin/python benchmarks/scale.py throughput --data-dir data/demo/train-set/train [--procs 1 2] [--batches 60]
         [--set loader_workers=1]
-    .venv/bin/python benchmarks/scale.py load --scenes 70000 --questions-per-scene 10
+    .venv/bin/python benchmarks/scale.py load --scenes 70000 --questions-per-scene 10 [--distinct-programs]
+        [--modes compact eager]
 
 ``throughput`` trains the demo configuration on the full curriculum stage for ``--batches`` batches per process after
 a warm-up, once per entry of ``--procs`` (1: one process with the config's threads; N: ``torchrun --nproc-per-node N``,
 the cores shared out), and prints questions/s and images/s for each, with the CPU model. ``load`` writes a synthetic
-split (the scenes and questions of ``--data-dir`` repeated, image files shared) and times ``nscl.data.load_split``
-on it in a fresh process, with its peak memory.
+split (the scenes and questions of ``--data-dir`` repeated, image files shared) and, in a fresh process per reader,
+times reading it (``compact``: ``nscl.question_table.load_split_compact``, what ``lazy_programs`` uses; ``eager``:
+``nscl.data.load_split``) and building the training dataset from it with lazy images, with the peak memory.
+Repeating the questions repeats their programs, which the compact reader stores once; ``--distinct-programs`` adds a
+key no reader looks at to each program so that every program's text differs, the worst case.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 
@@ -103,16 +109,36 @@ def throughput(args: argparse.Namespace) -> None:
         print(f"| {r['procs']} | {qps:.0f} | {r['images'] / r['seconds']:.1f} | {qps / base:.2f}x |")
 
 
-def _load_child(split: str) -> None:
+def _load_child(split: str, mode: str) -> None:
+    """Read the split (``eager``: load_split; ``compact``: load_split_compact) and build the training dataset from
+    it with lazy images, as ``nscl train`` does (``lazy_images``, and ``lazy_programs`` for compact)."""
     from nscl.data import SplitPaths, load_split
     from nscl.domain import builtin_domain
+    from nscl.inference.dataset import QADataset
+    from nscl.question_table import load_split_compact
 
+    domain = builtin_domain()
     t = time.perf_counter()
-    s = load_split(SplitPaths.resolve(split), builtin_domain())
-    dt = time.perf_counter() - t
+    read = load_split_compact if mode == "compact" else load_split
+    s = read(SplitPaths.resolve(split), domain)
+    t_read = time.perf_counter() - t
+    ds = QADataset(s, domain, 128, lazy_images=True)
+    t_all = time.perf_counter() - t
+    batch = ds.make_batch(np.arange(64))  # the first batch compiles its programs
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    distinct = len(s.questions.program_json) if mode == "compact" else None
     print(
-        json.dumps({"scenes": len(s.scenes), "questions": len(s.questions), "seconds": dt, "peak_gib": peak})
+        json.dumps(
+            {
+                "scenes": len(s.scenes),
+                "questions": len(ds),
+                "read": t_read,
+                "seconds": t_all,
+                "peak_gib": peak,
+                "distinct_programs": distinct,
+                "batch_questions": batch.programs.num_questions,
+            }
+        )
     )
 
 
@@ -125,6 +151,7 @@ def load(args: argparse.Namespace) -> None:
     by_image: dict[int, list] = {}
     for q in questions:
         by_image.setdefault(q["image_index"], []).append(q)
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "big"
         (out / "images").mkdir(parents=True)
@@ -137,25 +164,40 @@ def load(args: argparse.Namespace) -> None:
                 link.symlink_to((src / "images" / s["image_filename"]).resolve())
             s["image_index"] = i
             big_s.append(s)
-            big_q += [{**q, "image_index": i} for q in qs]
+            for q in qs:
+                q = {**q, "image_index": i}
+                if args.distinct_programs:  # a key no reader looks at makes every program's text unique
+                    q["program"] = [{**q["program"][0], "copy": len(big_q)}] + q["program"][1:]
+                big_q.append(q)
         (out / "scenes.json").write_text(json.dumps({"info": {}, "scenes": big_s}))
         (out / "questions.json").write_text(json.dumps({"info": {}, "questions": big_q}))
         mb = sum((out / f).stat().st_size for f in ("scenes.json", "questions.json")) / 2**20
-        del big_s, big_q
-        res = subprocess.run(
-            [sys.executable, str(HERE / "scale.py"), "load-child", str(out)],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(HERE)},
-        )
-        if res.returncode != 0:
-            raise SystemExit(res.stderr[-3000:])
-        rec = json.loads(res.stdout.splitlines()[-1])
+        del big_s, big_q, scenes, questions, by_image
+        for mode in args.modes:
+            res = subprocess.run(
+                [sys.executable, str(HERE / "scale.py"), "load-child", str(out), "--mode", mode],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(HERE)},
+            )
+            if res.returncode != 0:
+                raise SystemExit(res.stderr[-3000:])
+            rows.append((mode, json.loads(res.stdout.splitlines()[-1])))
     print(machine_line())
+    r0 = rows[0][1]
     print(
-        f"load_split: {rec['scenes']} scenes, {rec['questions']} questions ({mb:.0f} MB of JSON): "
-        f"{rec['seconds']:.1f} s, peak memory {rec['peak_gib']:.2f} GiB"
+        f"{r0['scenes']} scenes, {r0['questions']} questions ({mb:.0f} MB of JSON"
+        + (", every program distinct)" if args.distinct_programs else ")")
+        + "; read the split, then build the training dataset with lazy images:\n"
     )
+    print("| reader | read split | + dataset | peak memory | distinct programs |")
+    print("| --- | --- | --- | --- | --- |")
+    for mode, r in rows:
+        d = r["distinct_programs"]
+        print(
+            f"| {mode} | {r['read']:.1f} s | {r['seconds']:.1f} s | {r['peak_gib']:.2f} GiB | "
+            + (f"{d:,} |" if d is not None else "- |")
+        )
 
 
 def main() -> None:
@@ -180,8 +222,15 @@ def main() -> None:
     p.add_argument("--data-dir", default="data/demo/train-set/train")
     p.add_argument("--scenes", type=int, default=70000)
     p.add_argument("--questions-per-scene", type=int, default=10)
+    p.add_argument("--modes", nargs="+", choices=("eager", "compact"), default=["compact", "eager"])
+    p.add_argument(
+        "--distinct-programs",
+        action="store_true",
+        help="make every program's JSON text unique (the worst case)",
+    )
     p = sub.add_parser("load-child")
     p.add_argument("split")
+    p.add_argument("--mode", choices=("eager", "compact"), default="compact")
     args = ap.parse_args()
     if args.what == "throughput":
         throughput(args)
@@ -190,7 +239,7 @@ def main() -> None:
     elif args.what == "load":
         load(args)
     else:
-        _load_child(args.split)
+        _load_child(args.split, args.mode)
 
 
 if __name__ == "__main__":

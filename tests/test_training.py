@@ -694,7 +694,7 @@ def test_lazy_images_and_loader_workers_train_identically(gen_root, domain, tmp_
     threads = torch.get_num_threads()
     runs = []
     try:
-        for i, kw in enumerate([{}, {"lazy_images": True, "loader_workers": 2}]):
+        for i, kw in enumerate([{}, {"lazy_images": True, "lazy_programs": True, "loader_workers": 2}]):
             res = fit_nscl(
                 small_cfg(epochs=2, **kw),
                 domain,

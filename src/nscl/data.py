@@ -363,7 +363,7 @@ class Split:
 
     paths: SplitPaths
     scenes: dict[int, Scene]
-    questions: list[Question]
+    questions: Sequence[Question]  # a list, or a QuestionTable (nscl.question_table)
 
     def check_images(self) -> None:
         """Every scene's image file must exist (needed for training, not for symbolic execution)."""

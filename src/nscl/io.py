@@ -13,17 +13,23 @@ from typing import IO, Any
 from .errors import DataError
 
 
-def read_text(path: str | Path) -> str:
-    """Read a UTF-8 text file; a missing file or invalid UTF-8 raises DataError naming the file and byte."""
+def read_bytes(path: str | Path) -> bytes:
+    """A file's bytes; a missing or unreadable file raises DataError naming it."""
     p = Path(path)
     try:
-        data = p.read_bytes()
+        return p.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{p}: no such file") from None
     except IsADirectoryError:
         raise DataError(f"{p}: is a directory, expected a file") from None
     except OSError as e:
         raise DataError(f"{p}: cannot read: {e.strerror}") from None
+
+
+def read_text(path: str | Path) -> str:
+    """Read a UTF-8 text file; a missing file or invalid UTF-8 raises DataError naming the file and byte."""
+    p = Path(path)
+    data = read_bytes(p)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -22,6 +22,7 @@ from ..errors import DataError, NSCLError
 from ..models.executor import AnswerKinds, CompiledProgram, Compiler, ProgramBatch
 from ..program import clevr_answer_op, translate
 from ..progress import progress_bar
+from ..question_table import QuestionTable
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,13 @@ class QADataset:
 
     ``lazy_images``: images are decoded when a batch asks for them instead of all at once (a CLEVR-size split
     does not fit in memory decoded: 70,000 images at 320x480 are 32 GB); batches are then best assembled in
-    DataLoader workers (``TrainConfig.loader_workers``)."""
+    DataLoader workers (``TrainConfig.loader_workers``).
+
+    A split whose questions are a :class:`~nscl.question_table.QuestionTable` (``load_split_compact``) keeps them
+    as columns: each distinct program is parsed and compiled the first time a batch needs it and kept in a cache
+    of at most ``CACHE_PROGRAMS`` programs."""
+
+    CACHE_PROGRAMS = 200_000
 
     def __init__(
         self,
@@ -97,7 +104,6 @@ class QADataset:
     ) -> None:
         self.domain = domain
         self.kinds = AnswerKinds(domain)
-        compiler = Compiler(domain)
         scenes = sorted(split.scenes.values(), key=lambda s: s.image_index)
         self.scenes = scenes
         self.image_of_index = {s.image_index: i for i, s in enumerate(scenes)}
@@ -135,6 +141,16 @@ class QADataset:
         self.images = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()
         self.n_objects = np.array([len(s.objects) for s in scenes])
         # Questions
+        self._compiler = Compiler(domain)
+        self._table: QuestionTable | None = None
+        if isinstance(split.questions, QuestionTable):
+            self._questions_from_table(split)
+        else:
+            self._questions_from_list(split)
+
+    def _questions_from_list(self, split: Split) -> None:
+        """Every question parsed and compiled up front."""
+        domain = self.domain
         self.programs: list[CompiledProgram] = []
         q_img, q_len, q_kind, q_val, q_index, self.qtypes = [], [], [], [], [], []
         skipped = 0
@@ -149,7 +165,7 @@ class QADataset:
                     f"{split.paths.questions}: question {q.index}: the model cannot answer it: {e}"
                 ) from None
             kind, value = self.kinds.of_answer(domain, q.answer)
-            self.programs.append(compiler(prog))
+            self.programs.append(self._compiler(prog))
             q_img.append(self.image_of_index[q.image_index])
             q_len.append(len(q.program))
             q_kind.append(kind)
@@ -164,8 +180,49 @@ class QADataset:
         self.q_value = torch.tensor(q_val, dtype=torch.long)
         self.q_index = np.array(q_index, dtype=np.int64)  # position in questions.json
 
+    def _questions_from_table(self, split: Split) -> None:
+        """Columns only: a question's program is parsed and compiled when a batch needs it (:meth:`compiled`)."""
+        t = split.questions
+        assert isinstance(t, QuestionTable)
+        keep = np.flatnonzero((t.program_id >= 0) & (t.answer_code >= 0))
+        if len(keep) < len(t):
+            log.info("skipped %d question(s) without program or answer", len(t) - len(keep))
+        index_sorted = np.array([s.image_index for s in self.scenes], dtype=np.int64)  # ascending
+        self.q_image = np.searchsorted(index_sorted, t.image_index[keep])
+        self._q_program = t.program_id[keep]
+        self.q_length = t.program_length[self._q_program]
+        kv = np.array([self.kinds.of_answer(self.domain, a) for a in t.answers], dtype=np.int64).reshape(
+            -1, 2
+        )
+        codes = t.answer_code[keep]
+        self.q_kind = torch.from_numpy(kv[codes, 0].copy())
+        self.q_value = torch.from_numpy(kv[codes, 1].copy())
+        self.q_index = keep.astype(np.int64)
+        self.qtypes = [t.program_type[i] for i in self._q_program.tolist()]
+        self._table = t
+        self._cache: dict[int, CompiledProgram] = {}
+
+    def compiled(self, i: int) -> CompiledProgram:
+        """The compiled program of dataset question ``i``."""
+        if self._table is None:
+            return self.programs[i]
+        pid = int(self._q_program[i])
+        prog = self._cache.get(pid)
+        if prog is None:
+            raw = self._table.program(pid)
+            try:
+                prog = self._compiler(translate(raw, self.domain))
+            except NSCLError as e:
+                raise DataError(
+                    f"{self._table.source}: question {int(self.q_index[i])}: the model cannot answer it: {e}"
+                ) from None
+            if len(self._cache) >= self.CACHE_PROGRAMS:
+                self._cache.clear()
+            self._cache[pid] = prog
+        return prog
+
     def __len__(self) -> int:
-        return len(self.programs)
+        return len(self.q_index)
 
     def eligible(self, question_ids: np.ndarray, max_objects: int, max_length: int) -> np.ndarray:
         """The subset of ``question_ids`` allowed by a curriculum stage."""
@@ -200,7 +257,7 @@ class QADataset:
         q = np.asarray(question_ids, dtype=np.int64)
         img_ids, local = np.unique(self.q_image[q], return_inverse=True)
         images, boxes, mask = self.scene_batch(img_ids)
-        programs = ProgramBatch.collate([self.programs[i] for i in q], local.tolist())
+        programs = ProgramBatch.collate([self.compiled(i) for i in q.tolist()], local.tolist())
         qt = torch.from_numpy(q)
         return Batch(
             images, boxes, mask, programs, self.q_kind[qt], self.q_value[qt], qt, torch.from_numpy(img_ids)

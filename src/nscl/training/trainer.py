@@ -21,6 +21,7 @@ from ..inference.dataset import Batch, QADataset, split_train_dev
 from ..inference.evaluate import evaluate
 from ..models.nscl import NSCL
 from ..progress import progress_bar
+from ..question_table import load_split_compact
 from ..run_config import TrainConfig
 from ..vocab import Vocab
 from .curriculum import RELEASE_TABLE, stage_at
@@ -189,14 +190,15 @@ def _fit(
     progress: bool,
     use_tb: bool,
 ) -> FitResult:
-    train_split = load_split(paths, domain)
+    read = load_split_compact if cfg.lazy_programs else load_split
+    train_split = read(paths, domain)
     train_split.check_images()
     ds = QADataset(train_split, domain, cfg.image_height, progress, cfg.lazy_images)
     train_ids, dev_ids = split_train_dev(ds, cfg.data_split, cfg.seed)
     train_ids = trim(train_ids, cfg.data_trim, cfg.seed)
     extra = None
     if extra_paths is not None:
-        extra_split = load_split(extra_paths, domain)
+        extra_split = read(extra_paths, domain)
         extra_split.check_images()
         extra = QADataset(extra_split, domain, cfg.image_height, progress, cfg.lazy_images)
     log.info(
