@@ -179,7 +179,8 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
         choices=["derender", "parser", "all"],
         help="what to train [derender: perception and concepts from QA with given programs; parser: the semantic "
         "parser (supervised, then REINFORCE with the frozen --load model when --parser-annotations K > 0); all: "
-        "joint fine-tuning of the --load model and its parser]",
+        "joint fine-tuning of the --load model and its parser; without --load, perception, concepts and parser "
+        "from answers alone, no program annotation read (--config full)]",
     )
     p.add_argument(
         "--parser-annotations",
@@ -294,7 +295,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.distributed import world_from_env
 
     world = world_from_env()
-    # The fit of the training target: fit_nscl (derender), fit_parser or fit_joint.
+    # The fit of the training target: fit_nscl (derender), fit_parser, fit_joint (all, from --load) or
+    # fit_from_answers (all without --load: everything from answers alone).
     if cfg.training_target == "derender":
         from .training.trainer import fit_nscl
 
@@ -309,8 +311,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         if args.resume:
             raise NSCLError("--resume is not supported with --training-target parser|all")
-        fit = fit_parser if cfg.training_target == "parser" else fit_joint
-        res = fit(cfg, domain, paths, run_dir, device, extra, args.load, progress)
+        if cfg.training_target == "all" and not args.load:
+            from .training.answers_only import fit_from_answers
+
+            res = fit_from_answers(cfg, domain, paths, run_dir, device, extra, progress)
+        else:
+            fit = fit_parser if cfg.training_target == "parser" else fit_joint
+            res = fit(cfg, domain, paths, run_dir, device, extra, args.load, progress)
     if not world.main:
         return 0
     print(format_table(res.metrics, "validation"))

@@ -212,7 +212,10 @@ def scene_to_dict(s: Scene, domain: Domain) -> dict:
     return d
 
 
-def parse_question(d: Any, domain: Domain, source: str = "questions.json", position: int = 0) -> Question:
+def parse_question(
+    d: Any, domain: Domain, source: str = "questions.json", position: int = 0, programs: bool = True
+) -> Question:
+    """One question record; ``programs=False`` never looks at its ``program`` (learning from answers alone)."""
     w = f"{source}: question {position}"
     if not isinstance(d, Mapping):
         raise DataError(f"{w}: a question must be an object")
@@ -229,7 +232,7 @@ def parse_question(d: Any, domain: Domain, source: str = "questions.json", posit
         except ValueError as e:
             raise DataError(f"{w}: {e}") from None
     program = None
-    if "program" in d:
+    if programs and "program" in d:
         try:
             program = ClevrProgram.from_json(d["program"], where="program")
             program.validate(domain, where="program")
@@ -312,10 +315,10 @@ def read_scenes(
     return scenes
 
 
-def read_questions(path: str | Path, domain: Domain) -> list[Question]:
+def read_questions(path: str | Path, domain: Domain, programs: bool = True) -> list[Question]:
     p = Path(path)
     records, _ = _records(p, "questions")
-    return [parse_question(d, domain, str(p), i) for i, d in enumerate(records)]
+    return [parse_question(d, domain, str(p), i, programs) for i, d in enumerate(records)]
 
 
 def write_scenes(path: str | Path, scenes: Sequence[Scene], domain: Domain, info: dict | None = None) -> None:
@@ -376,10 +379,15 @@ class Split:
 
 
 def load_split(
-    paths: SplitPaths, domain: Domain, box_source: str = "auto", detection_threshold: float | None = None
+    paths: SplitPaths,
+    domain: Domain,
+    box_source: str = "auto",
+    detection_threshold: float | None = None,
+    programs: bool = True,
 ) -> Split:
+    """Scenes and questions of one split; ``programs=False`` reads no question's program."""
     scenes = {s.image_index: s for s in read_scenes(paths.scenes, domain, box_source, detection_threshold)}
-    questions = read_questions(paths.questions, domain)
+    questions = read_questions(paths.questions, domain, programs)
     for q in questions:
         if q.image_index not in scenes:
             raise DataError(

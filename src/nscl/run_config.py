@@ -77,6 +77,12 @@ class ParserTrainConfig:
     # program that ignores "blue" in "cubes or blue things" earns nothing
     wording_reward: bool = True
     guided_beam: int = GUIDED_BEAM  # evaluation and ask: beam of execution-guided decoding; 0 = off
+    # Learning from answers alone (--training-target all without --load; training/answers_only.py): the lessons,
+    # each [epochs, max objects, max question words, perception learns (0/1), parser learns (0/1)], and the
+    # candidate search's budget (grammar states per question) and slack (actions beyond the shortest candidate)
+    lessons: tuple[tuple[int, int, int, int, int], ...] = ()
+    search_expansions: int = 5000
+    search_slack: int = 4
     model: ParserConfig = field(default_factory=ParserConfig)
 
     def __post_init__(self) -> None:

@@ -1,0 +1,312 @@
+"""NS-CL from images, questions and answers alone (``nscl train --training-target all`` without ``--load``): perception,
+concepts and the parser learn together, and no program annotation is read anywhere (the questions file is read with
+``programs=False``; a held-out ``--extra-data-dir`` may carry programs, used only to report exact match).
+
+Each training question gets candidate programs built from its own words (:mod:`nscl.models.program_search`: typed
+programs that use every concept, relation and attribute word once and give the kind of answer that the answer has).
+One step perceives a batch of images, runs every candidate on the executor, and weighs each question's candidates by
+their posterior, the parser's probability times the answer's likelihood ``p(c | q) * exp(-QA loss)`` (detached).
+Perception and concepts descend the weighted QA loss, the parser the weighted negative log-likelihood: an EM step on
+the marginal likelihood of the answer.
+
+Lessons (``parser.lessons``: ``[epochs, max objects, max question words, train perception, train parser]``) select
+questions by what a user has (the number of boxes, the number of words) and say which parts learn, as the paper's
+curriculum does: object-level concepts on small scenes and short questions first, then longer ones, then everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data import SplitPaths, load_split
+from ..domain import Domain
+from ..errors import NSCLError, ProgramError
+from ..inference.dataset import QADataset
+from ..inference.evaluate import evaluate, evaluate_parser
+from ..inference.examples import ParserExample, examples_from_questions, image_batches, split_by_image
+from ..inference.execute import answer_targets, run_programs
+from ..inference.scenes import ModelScenes
+from ..language import asked_answer
+from ..losses import qa_loss
+from ..models.executor import Compiler
+from ..models.nscl import NSCL
+from ..models.parser import Parser
+from ..models.parser_targets import collate, program_nll, target_of
+from ..models.program_search import (
+    AnswerShape,
+    SearchLimits,
+    abstract_actions,
+    programs_from_actions,
+    search_programs,
+    signature,
+)
+from ..program import Program
+from ..run_config import TrainConfig
+from ..vocab import tokenize
+from .curves import plot_parser_curves
+from .harness import FitResult, Run
+from .parser_supervised import build_vocab, make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Lesson:
+    epochs: int
+    max_objects: int
+    max_words: int
+    perception: bool  # perception and concepts learn
+    parser: bool  # the parser learns
+
+    @classmethod
+    def from_row(cls, row: Sequence[int]) -> Lesson:
+        if len(row) != 5:
+            raise NSCLError(
+                f"parser.lessons: each row is [epochs, objects, words, perception, parser], got {row}"
+            )
+        e, s, w, p, q = (int(v) for v in row)
+        return cls(e, s, w, bool(p), bool(q))
+
+
+class Candidates:
+    """Each question's candidate programs. A search is kept by its signature (where the question's concept,
+    relation and attribute words are, and the answer's shape), so a question phrased like one already searched
+    reads its candidates off that search's action sequences."""
+
+    def __init__(self, parser: Parser, limits: SearchLimits, slack: int) -> None:
+        self.parser, self.limits, self.slack = parser, limits, slack
+        self.searches: dict[tuple, list[tuple[int, ...]]] = {}
+
+    def __call__(self, e: ParserExample) -> list[Program]:
+        p = self.parser
+        try:
+            enc, _ = p.encode_questions([e.question], "unk")
+        except NSCLError:
+            return []
+        q = enc.info[0]
+        tokens = list(q.tokens)
+        shape = AnswerShape.of(
+            p.domain, e.answer, asked_answer(tokens, p.lexicon.attributes, p.lexicon.concepts)
+        )
+        key = signature(q, shape)
+        actions = self.searches.get(key)
+        if actions is None:
+            found = search_programs(p.grammar, q, shape, self.limits, self.slack).actions
+            actions = self.searches[key] = [abstract_actions(p.grammar, q, a) for a in found]
+        return programs_from_actions(p.grammar, q, actions)
+
+
+def answers_step(
+    model: NSCL,
+    parser: Parser,
+    images: Tensor,
+    boxes: Tensor,
+    mask: Tensor,
+    examples: Sequence[ParserExample],
+    rows: Sequence[int],
+    candidates: Sequence[Sequence[Program]],
+    opt: torch.optim.Optimizer,
+    lesson: Lesson,
+    compiler: Compiler,
+) -> dict[str, float]:
+    """One EM step (module docstring) on the questions of a batch that have candidates; returns loss, the share of
+    questions whose most likely candidate answers right, and the mean number of candidates."""
+    domain = parser.domain
+    flat: list[Program] = []
+    q_of: list[int] = []
+    items = []
+    for i, (e, cands) in enumerate(zip(examples, candidates)):
+        for c in cands:
+            try:
+                items.append(target_of(parser, e.question, c))
+            except ProgramError:
+                continue
+            flat.append(c)
+            q_of.append(i)
+    if not flat:
+        return {"loss": 0.0, "acc": 0.0, "n": 0, "candidates": 0.0}
+    model.train(lesson.perception)
+    parser.train(lesson.parser)
+    with torch.set_grad_enabled(lesson.perception):
+        scene = model.perceive(images, boxes, mask)
+    out, _ = run_programs(flat, [rows[i] for i in q_of], scene, domain, False, compiler)
+    tgt = answer_targets([examples[i].answer for i in q_of], domain, images.device)  # type: ignore[misc]
+    loss_c, correct_c, _ = qa_loss(out, tgt)  # (C,)
+    with torch.set_grad_enabled(lesson.parser):
+        nll_c = program_nll(parser, collate(items, parser.grammar.num_fixed)).to(loss_c.device)  # (C,)
+    q = torch.tensor(q_of, device=loss_c.device)
+    Q = len(examples)
+    score = (-nll_c - loss_c).detach()
+    best = torch.full((Q,), -torch.inf, device=score.device).scatter_reduce(0, q, score, "amax")
+    w = torch.exp(score - best[q])
+    w = w / torch.zeros(Q, device=w.device).index_add(0, q, w)[q]  # posterior within each question
+    n_q = len(set(q_of))
+    loss = loss_c.new_zeros(())
+    if lesson.perception:
+        loss = loss + (w * loss_c).sum() / n_q
+    if lesson.parser:
+        loss = loss + (w * nll_c).sum() / n_q
+    if loss.requires_grad:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 5.0)
+        opt.step()
+    # Train accuracy: the parser's most likely candidate answers right.
+    ps = -nll_c.detach()
+    top_p = torch.full((Q,), -torch.inf, device=ps.device).scatter_reduce(0, q, ps, "amax")
+    hit = ((ps >= top_p[q]) & correct_c).float()
+    right = torch.zeros(Q, device=ps.device).scatter_reduce(0, q, hit, "amax")
+    return {
+        "loss": float(loss.detach()),
+        "acc": float(right.sum()) / n_q,
+        "n": n_q,
+        "candidates": len(flat) / n_q,
+    }
+
+
+def fit_from_answers(
+    cfg: TrainConfig,
+    domain: Domain,
+    paths: SplitPaths,
+    run_dir: str | Path,
+    device: torch.device,
+    extra_paths: SplitPaths | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train NS-CL's perception, concepts and parser from answers alone (module docstring)."""
+    pcfg = cfg.parser
+    lessons = [Lesson.from_row(r) for r in pcfg.lessons]
+    if not lessons:
+        raise NSCLError("learning from answers alone needs parser.lessons (see configs/full.json)")
+    with Run(run_dir, cfg, plot_parser_curves) as run:
+        split = load_split(paths, domain, programs=False)
+        split.check_images()
+        ds = QADataset(split, domain, cfg.image_height, progress)  # images and boxes; it compiles no question
+        examples = [
+            ParserExample(q.question, q.image_index, q.answer, None, None, q.index)
+            for q in split.questions
+            if q.answer is not None
+        ]
+        train_ex, dev_ex = split_by_image(examples, list(split.scenes), cfg.data_split, cfg.seed)
+        extra_ds, extra_ex = None, []
+        if extra_paths is not None:  # held-out reporting only: its programs are read for exact match
+            extra_split = load_split(extra_paths, domain)
+            extra_split.check_images()
+            extra_ds = QADataset(extra_split, domain, cfg.image_height, progress)
+            extra_ex = examples_from_questions(extra_split.questions, domain)
+        n_objects = {s.image_index: len(s.objects) for s in split.scenes.values()}
+        torch.manual_seed(cfg.seed)
+        model = NSCL(domain, cfg.model).to(device)
+        parser = Parser(domain, build_vocab(train_ex), pcfg.model).to(device)
+        opt = make_optimizer(list(model.parameters()) + list(parser.parameters()), cfg.lr, cfg.weight_decay)
+        cands = Candidates(parser, SearchLimits(max_expansions=pcfg.search_expansions), pcfg.search_slack)
+        compiler = Compiler(domain)
+        epoch = 0
+        for li, lesson in enumerate(lessons, 1):
+            pool = [
+                e
+                for e in train_ex
+                if n_objects[e.image_index] <= lesson.max_objects
+                and len(tokenize(e.question)) <= lesson.max_words
+            ]
+            t0 = time.time()
+            found = [cands(e) for e in pool]
+            usable = [e for e, c in zip(pool, found) if c]
+            log.info(
+                "lesson %d: %d questions (<= %d objects, <= %d words), %d with candidates (search %.0fs)",
+                li, len(pool), lesson.max_objects, lesson.max_words, len(usable), time.time() - t0,
+            )  # fmt: skip
+            for _ in range(lesson.epochs):
+                epoch += 1
+                t0 = time.time()
+                rng = np.random.default_rng([cfg.seed, epoch])
+                tot = {"loss": 0.0, "acc": 0.0, "n": 0.0, "candidates": 0.0}
+                for idx in image_batches(usable, cfg.batch_size, rng):
+                    batch = [usable[i] for i in idx]
+                    imgs = sorted({e.image_index for e in batch})
+                    row_of = {im: r for r, im in enumerate(imgs)}
+                    images, boxes, mask = ds.scene_batch(np.array([ds.image_of_index[i] for i in imgs]))
+                    s = answers_step(
+                        model, parser, images.to(device), boxes.to(device), mask.to(device), batch,
+                        [row_of[e.image_index] for e in batch], [cands(e) for e in batch], opt, lesson, compiler,
+                    )  # fmt: skip
+                    for k in ("loss", "acc", "candidates"):
+                        tot[k] += s[k] * s["n"]
+                    tot["n"] += s["n"]
+                n = max(tot["n"], 1)
+                rec = {
+                    "epoch": epoch,
+                    "stage": f"lesson {li}",
+                    "train/loss": tot["loss"] / n,
+                    "train/acc/qa_best_candidate": tot["acc"] / n,
+                    "train/candidates": tot["candidates"] / n,
+                    "seconds": time.time() - t0,
+                }
+                if epoch % cfg.validation_interval == 0 or _ == lesson.epochs - 1:
+                    rec.update(_validate(model, parser, ds, dev_ex, extra_ds, extra_ex, device, cfg))
+                log.info(
+                    "epoch %d (lesson %d): loss %.4f, best candidate right %.4f, %.1f candidates, %.1fs%s",
+                    epoch, li, rec["train/loss"], rec["train/acc/qa_best_candidate"], rec["train/candidates"],
+                    rec["seconds"],
+                    "".join(f", {k} {v:.4f}" for k, v in rec.items() if k.endswith(("/acc/qa_parsed", "program_exact", "/acc/qa"))),
+                )  # fmt: skip
+                run.write(rec)
+        from ..models.parser import parser_state
+
+        metrics = {k: v for k, v in run.records[-1].items() if "/" in k} if run.records else {}
+        state = {
+            "model": model.state_dict(),
+            "domain": domain.to_dict(),
+            "config": asdict(cfg),
+            "metrics": metrics,
+            "epoch": epoch,
+            "parser": parser_state(parser),
+        }
+        run.save(state)
+        run.plot()
+        return run.result(metrics, model)
+
+
+def _validate(
+    model: NSCL,
+    parser: Parser,
+    ds: QADataset,
+    dev_ex: list[ParserExample],
+    extra_ds: QADataset | None,
+    extra_ex: list[ParserExample],
+    device: torch.device,
+    cfg: TrainConfig,
+) -> dict[str, float]:
+    """QA with the parser's programs on the dev part; on the held-out extra split also exact match against its
+    programs and, with its programs, QA and concept accuracy (reporting only)."""
+    model.eval()
+    parser.eval()
+    rec = {}
+    if dev_ex:
+        rec.update(
+            evaluate_parser(parser, dev_ex, "validation", ModelScenes(model, ds, device), unknown="unk")
+        )
+    if extra_ds is not None:
+        rec.update(
+            evaluate_parser(
+                parser, extra_ex, "validationextra", ModelScenes(model, extra_ds, device), unknown="unk"
+            )
+        )
+        rec.update(
+            {
+                k: v
+                for k, v in evaluate(
+                    model, extra_ds, np.arange(len(extra_ds)), device, "validationextra"
+                ).items()
+                if "/concept/" in k or "/relation" in k
+            }
+        )
+    return rec

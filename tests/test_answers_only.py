@@ -1,0 +1,199 @@
+"""Learning from answers alone: candidate programs from a question's words, the EM step, the lessons, and the
+guarantee that no program annotation is read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nscl.config import override
+from nscl.data import SplitPaths
+from nscl.errors import NSCLError
+from nscl.language import asked_answer
+from nscl.models.grammar import Grammar, Lexicon
+from nscl.models.program_search import AnswerShape, SearchLimits, search_programs
+from nscl.program import ClevrProgram, program_from_str
+from nscl.run_config import TrainConfig
+from nscl.training.answers_only import Lesson, fit_from_answers
+from nscl.vocab import tokenize
+
+
+@pytest.fixture(scope="module")
+def grammar(domain):
+    return Grammar(domain), Lexicon.build(domain)
+
+
+def candidates(domain, grammar, question: str, answer: str, **kw) -> list[str]:
+    g, lex = grammar
+    tokens = tokenize(question)
+    q = g.question_info(tokens, lex, question)
+    shape = AnswerShape.of(domain, answer, asked_answer(tokens, lex.attributes, lex.concepts))
+    res = search_programs(g, q, shape, SearchLimits(**kw))
+    assert res.complete
+    return [p.to_str() for p in res.programs]
+
+
+def test_search_finds_the_program_of_a_short_question(domain, grammar):
+    got = candidates(domain, grammar, "What color is the large cube?", "red")
+    assert got == ["query(color, filter(scene(), [cube, large]))"]
+    got = candidates(domain, grammar, "How many red spheres are there?", "2")
+    assert got == ["count(filter(scene(), [red, sphere]))"]
+
+
+def test_search_keeps_the_alternatives_the_answer_must_decide(domain, grammar):
+    got = candidates(domain, grammar, "What shape is the red thing left of the cube?", "sphere")
+    want = program_from_str("query(shape, filter(relate(filter(scene(), [cube]), left), [red]))", domain)
+    assert want.canonical().to_str() in got
+    swapped = "query(shape, filter(relate(filter(scene(), [red]), left), [cube]))"
+    assert swapped in got  # which noun is the anchor is the answers' to decide
+    for p in got:
+        assert p.startswith("query(shape,") and "cube" in p and "red" in p and "left" in p
+
+
+def test_search_reads_a_named_comparison_and_the_answer_kind(domain, grammar):
+    got = candidates(domain, grammar, "Are there more cubes than spheres?", "yes")
+    assert got and all(p.startswith("count_greater(") for p in got)
+    assert "count_greater(filter(scene(), [cube]), filter(scene(), [sphere]))" in got
+    assert set(candidates(domain, grammar, "Is there a cube?", "no")) == {"exist(filter(scene(), [cube]))"}
+
+
+def test_search_limits_are_reported(domain, grammar):
+    g, lex = grammar
+    question = "Are there more large metal cubes left of the red sphere than small rubber cylinders?"
+    q = g.question_info(tokenize(question), lex, question)
+    res = search_programs(g, q, AnswerShape.of(domain, "yes"), SearchLimits(max_expansions=50))
+    assert not res.complete and res.expansions <= 51
+
+
+def test_lessons_rows_are_checked():
+    assert Lesson.from_row([2, 3, 10, 1, 0]) == Lesson(2, 3, 10, True, False)
+    with pytest.raises(NSCLError, match="each row is"):
+        Lesson.from_row([2, 3, 10])
+
+
+def _no_program_split(tmp_path: Path, gen_root: Path) -> SplitPaths:
+    d = tmp_path / "answers"
+    d.mkdir()
+    (d / "scenes.json").write_text((gen_root / "train" / "scenes.json").read_text())
+    (d / "images").symlink_to(gen_root / "train" / "images")
+    qs = json.loads((gen_root / "train" / "questions.json").read_text())["questions"]
+    for q in qs:
+        del q["program"]
+    (d / "questions.json").write_text(json.dumps({"info": {}, "questions": qs}))
+    return SplitPaths.resolve(d)
+
+
+def _cfg(**kw) -> TrainConfig:
+    small = {"perception": {"width": 8, "feature_dim": 64, "pair_dim": 32}}
+    base = {
+        "training_target": "all",
+        "batch_size": 32,
+        "image_height": 48,
+        "validation_interval": 1,
+        "parser": {"lessons": [[1, 10, 9, 1, 1], [1, 10, 12, 0, 1]], "search_expansions": 2000},
+        "model": small,
+    }
+    return override(TrainConfig(), {**base, **kw})
+
+
+def test_trains_from_a_file_without_programs_and_never_parses_one(tmp_path, gen_root, domain, monkeypatch):
+    """The guarantee: a questions file with every program removed trains, and no program is parsed meanwhile."""
+
+    def refuse(*a, **k):  # noqa: ANN002, ANN003
+        raise AssertionError("a program was read")
+
+    monkeypatch.setattr(ClevrProgram, "from_json", classmethod(refuse))
+    torch.manual_seed(0)
+    res = fit_from_answers(
+        _cfg(),
+        domain,
+        _no_program_split(tmp_path, gen_root),
+        tmp_path / "run",
+        torch.device("cpu"),
+        progress=False,
+    )
+    records = [json.loads(x) for x in res.run.metrics.read_text().splitlines()]
+    assert [r["stage"] for r in records] == ["lesson 1", "lesson 2"]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(r["train/candidates"] >= 1 for r in records)
+    assert "validation/acc/qa_parsed" in records[-1]
+    state = torch.load(res.checkpoint, weights_only=False)
+    assert {"model", "parser", "domain", "config"} <= set(state)
+
+
+def test_a_step_moves_perception_and_parser_and_a_frozen_part_stays(gen_dataset, gen_split, domain):
+    from nscl.inference.examples import ParserExample
+    from nscl.models.executor import Compiler
+    from nscl.models.nscl import NSCL
+    from nscl.models.parser import Parser
+    from nscl.training.answers_only import Candidates, answers_step
+    from nscl.training.parser_supervised import build_vocab, make_optimizer
+
+    cfg = _cfg()
+    torch.manual_seed(0)
+    model = NSCL(domain, cfg.model)
+    qs = [q for q in gen_split.questions if len(tokenize(q.question)) <= 12][:20]
+    ex = [ParserExample(q.question, q.image_index, q.answer, None) for q in qs]
+    parser = Parser(domain, build_vocab(ex), cfg.parser.model)
+    cands = Candidates(parser, SearchLimits(max_expansions=2000), 4)
+    ex = [e for e in ex if cands(e)]
+    assert len(ex) >= 5
+    imgs = sorted({e.image_index for e in ex})
+    images, boxes, mask = gen_dataset.scene_batch(np.array([gen_dataset.image_of_index[i] for i in imgs]))
+    rows = [imgs.index(e.image_index) for e in ex]
+    opt = make_optimizer(list(model.parameters()) + list(parser.parameters()), 1e-3, 0.0)
+
+    def snapshot():  # noqa: ANN202
+        return [p.detach().clone() for p in model.parameters()], [
+            p.detach().clone() for p in parser.parameters()
+        ]
+
+    for lesson, moves in (
+        (Lesson(1, 10, 12, True, True), (True, True)),
+        (Lesson(1, 10, 12, False, True), (False, True)),
+    ):
+        m0, p0 = snapshot()
+        s = answers_step(
+            model,
+            parser,
+            images,
+            boxes,
+            mask,
+            ex,
+            rows,
+            [cands(e) for e in ex],
+            opt,
+            lesson,
+            Compiler(domain),
+        )
+        assert s["n"] == len(ex) and s["candidates"] >= 1
+        m1, p1 = snapshot()
+        assert any(not torch.equal(a, b) for a, b in zip(m0, m1)) == moves[0]
+        assert any(not torch.equal(a, b) for a, b in zip(p0, p1)) == moves[1]
+
+
+def test_a_search_is_reused_for_questions_phrased_alike(domain, grammar):
+    from nscl.models.program_search import abstract_actions, programs_from_actions, signature
+
+    g, lex = grammar
+
+    def info(text: str):  # noqa: ANN202
+        return g.question_info(tokenize(text), lex, text)
+
+    a = info("What color is the large cube left of the sphere?")
+    b = info("Tell me the color of that small cylinder, left of the red ball.")
+    c = info("What color is the large cube?")
+    shape = AnswerShape.of(domain, "red")
+    assert signature(a, shape) != signature(b, shape)  # "red ball" is two concept words
+    b = info("Which color is the small cylinder to the left of the ball?")
+    assert signature(a, shape) == signature(b, shape) != signature(c, shape)
+    found = search_programs(g, a, shape)
+    reused = programs_from_actions(g, b, [abstract_actions(g, a, x) for x in found.actions])
+    assert reused == search_programs(g, b, shape).programs
+    assert "query(color, filter(relate(filter(scene(), [sphere]), left), [cylinder, small]))" in [
+        p.to_str() for p in reused
+    ]
