@@ -197,3 +197,39 @@ def test_a_search_is_reused_for_questions_phrased_alike(domain, grammar):
     assert "query(color, filter(relate(filter(scene(), [sphere]), left), [cylinder, small]))" in [
         p.to_str() for p in reused
     ]
+
+
+def test_questions_the_search_misses_get_fitting_parser_proposals(domain, monkeypatch):
+    from nscl.inference.examples import ParserExample
+    from nscl.models.parser import Parser
+    from nscl.training.answers_only import Candidates
+    from nscl.training.parser_supervised import build_vocab
+
+    e = ParserExample("How many red cubes are there?", 0, "2", None, None, 7)
+    parser = Parser(domain, build_vocab([e]))
+    proposed = [
+        program_from_str(t, domain)
+        for t in (
+            "count(filter(scene(), [cube]))",  # leaves "red" out
+            "exist(filter(scene(), [red, cube]))",  # a yes/no for a number
+            "count(filter(scene(), [cube, red]))",  # fits
+        )
+    ]
+    monkeypatch.setattr(parser, "parse_candidates", lambda qs, beam, n, unknown: [proposed for _ in qs])
+    cands = Candidates(parser, SearchLimits(max_expansions=1), 4)  # a search that finds nothing
+    assert cands(e) == []
+    assert [p.to_str() for p in cands.with_proposals([e], 4)[0]] == ["count(filter(scene(), [cube, red]))"]
+    assert cands.with_proposals([e], 0) == [[]]
+    remembered = program_from_str("count(filter(scene(), [red]))", domain)
+    cands.remember(e, remembered)
+    assert cands.with_proposals([e], 4)[0][0] == remembered  # the off-policy memory comes first
+
+
+def test_the_shipped_full_config_reads_no_programs_and_its_lessons_parse():
+    from nscl.run_config import load_config
+
+    cfg = load_config("full")
+    assert cfg.training_target == "all"
+    lessons = [Lesson.from_row(r) for r in cfg.parser.lessons]
+    assert lessons[0].max_words < lessons[-1].max_words and all(x.perception and x.parser for x in lessons)
+    assert lessons[-1].proposals > 0

@@ -114,11 +114,14 @@ def evaluate_parser(
 def _exact_metrics(
     examples: Sequence[ParserExample], programs: Sequence[Program | None], prefix: str, name: str
 ) -> dict[str, float]:
-    """``{prefix}/acc/{name}`` (and per final op): canonical exact match over the annotated examples."""
+    """``{prefix}/acc/{name}`` (and per final op): canonical exact match over the annotated examples; nothing
+    when none is annotated."""
     exact = QAMeter()
     for e, p in zip(examples, programs):
         if e.program is not None:
             exact.update([e.program.final_op], [p is not None and p.canonical() == e.program.canonical()])
+    if not exact.total:
+        return {}
     return {k.replace("/acc/qa", f"/acc/{name}"): v for k, v in exact.metrics(prefix).items()}
 
 

@@ -33,6 +33,7 @@ from ..inference.dataset import QADataset
 from ..inference.evaluate import evaluate, evaluate_parser
 from ..inference.examples import ParserExample, examples_from_questions, image_batches, split_by_image
 from ..inference.execute import answer_targets, run_programs
+from ..inference.guided import WordingCheck
 from ..inference.scenes import ModelScenes
 from ..language import asked_answer
 from ..losses import qa_loss
@@ -65,15 +66,18 @@ class Lesson:
     max_words: int
     perception: bool  # perception and concepts learn
     parser: bool  # the parser learns
+    proposals: int = (
+        0  # questions the search found nothing for get the parser's n best (beam 2n), if they fit
+    )
 
     @classmethod
     def from_row(cls, row: Sequence[int]) -> Lesson:
-        if len(row) != 5:
+        if len(row) not in (5, 6):
             raise NSCLError(
-                f"parser.lessons: each row is [epochs, objects, words, perception, parser], got {row}"
+                f"parser.lessons: each row is [epochs, objects, words, perception, parser(, proposals)], got {row}"
             )
-        e, s, w, p, q = (int(v) for v in row)
-        return cls(e, s, w, bool(p), bool(q))
+        e, s, w, p, q, *k = (int(v) for v in row)
+        return cls(e, s, w, bool(p), bool(q), k[0] if k else 0)
 
 
 class Candidates:
@@ -84,6 +88,28 @@ class Candidates:
     def __init__(self, parser: Parser, limits: SearchLimits, slack: int) -> None:
         self.parser, self.limits, self.slack = parser, limits, slack
         self.searches: dict[tuple, list[tuple[int, ...]]] = {}
+        self.memory: dict[int, dict[Program, None]] = {}  # question index -> proposals that answered right
+        self.fits = WordingCheck(parser.lexicon)
+
+    def with_proposals(self, batch: Sequence[ParserExample], n_best: int) -> list[list[Program]]:
+        """Each question's searched candidates; where there are none, the programs that answered it right before
+        (off-policy memory) and the parser's ``n_best`` parses that give the answer's kind and fit the wording."""
+        out = [self(e) for e in batch]
+        if n_best <= 0:
+            return out
+        need = [i for i, c in enumerate(out) if not c]
+        if need:
+            props = self.parser.parse_candidates([batch[i].question for i in need], 2 * n_best, n_best, "unk")
+            for i, ps in zip(need, props):
+                e = batch[i]
+                shape = AnswerShape.of(self.parser.domain, e.answer)
+                ok = [p for p in ps if self.fits(e.question, p) and _gives(p, shape, self.parser.domain)]
+                mem = self.memory.get(e.index, {})
+                out[i] = list(dict.fromkeys([*mem, *(p.canonical() for p in ok)]))
+        return out
+
+    def remember(self, e: ParserExample, program: Program) -> None:
+        self.memory.setdefault(e.index, {})[program] = None
 
     def __call__(self, e: ParserExample) -> list[Program]:
         p = self.parser
@@ -104,6 +130,14 @@ class Candidates:
         return programs_from_actions(p.grammar, q, actions)
 
 
+def _gives(program: Program, shape: AnswerShape, domain: Domain) -> bool:
+    """Whether ``program``'s answer has the kind of ``shape`` (and, for a query, its attribute)."""
+    last = program.nodes[-1]
+    if domain.nscl_ops[last.op].output != shape.output:
+        return False
+    return shape.attribute < 0 or last.attribute == domain.attribute_names[shape.attribute]
+
+
 def answers_step(
     model: NSCL,
     parser: Parser,
@@ -118,7 +152,8 @@ def answers_step(
     compiler: Compiler,
 ) -> dict[str, float]:
     """One EM step (module docstring) on the questions of a batch that have candidates; returns loss, the share of
-    questions whose most likely candidate answers right, and the mean number of candidates."""
+    questions whose most likely candidate answers right, the mean number of candidates, and the (question,
+    candidate) pairs that answered right (``rewarded``)."""
     domain = parser.domain
     flat: list[Program] = []
     q_of: list[int] = []
@@ -132,7 +167,7 @@ def answers_step(
             flat.append(c)
             q_of.append(i)
     if not flat:
-        return {"loss": 0.0, "acc": 0.0, "n": 0, "candidates": 0.0}
+        return {"loss": 0.0, "acc": 0.0, "n": 0, "candidates": 0.0, "rewarded": []}
     model.train(lesson.perception)
     parser.train(lesson.parser)
     with torch.set_grad_enabled(lesson.perception):
@@ -219,7 +254,7 @@ def fit_from_answers(
             ]
             t0 = time.time()
             found = [cands(e) for e in pool]
-            usable = [e for e, c in zip(pool, found) if c]
+            usable = [e for e, c in zip(pool, found) if c or lesson.proposals]
             log.info(
                 "lesson %d: %d questions (<= %d objects, <= %d words), %d with candidates (search %.0fs)",
                 li, len(pool), lesson.max_objects, lesson.max_words, len(usable), time.time() - t0,
@@ -236,8 +271,12 @@ def fit_from_answers(
                     images, boxes, mask = ds.scene_batch(np.array([ds.image_of_index[i] for i in imgs]))
                     s = answers_step(
                         model, parser, images.to(device), boxes.to(device), mask.to(device), batch,
-                        [row_of[e.image_index] for e in batch], [cands(e) for e in batch], opt, lesson, compiler,
+                        [row_of[e.image_index] for e in batch], cands.with_proposals(batch, lesson.proposals), opt,
+                        lesson, compiler,
                     )  # fmt: skip
+                    if lesson.proposals:
+                        for i, prog in s["rewarded"]:
+                            cands.remember(batch[i], prog)
                     for k in ("loss", "acc", "candidates"):
                         tot[k] += s[k] * s["n"]
                     tot["n"] += s["n"]
