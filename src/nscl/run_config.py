@@ -78,9 +78,10 @@ class ParserTrainConfig:
     wording_reward: bool = True
     guided_beam: int = GUIDED_BEAM  # evaluation and ask: beam of execution-guided decoding; 0 = off
     # Learning from answers alone (--training-target all without --load; training/answers_only.py): the lessons,
-    # each [epochs, max objects, max question words, perception learns (0/1), parser learns (0/1)], and the
+    # each [epochs, max objects, max question words, perception learns (0/1), parser learns (0/1), optionally
+    # parser proposals per question the search misses], and the
     # candidate search's budget (grammar states per question) and slack (actions beyond the shortest candidate)
-    lessons: tuple[tuple[int, int, int, int, int], ...] = ()
+    lessons: tuple[tuple[int, ...], ...] = ()
     search_expansions: int = 5000
     search_slack: int = 4
     model: ParserConfig = field(default_factory=ParserConfig)
