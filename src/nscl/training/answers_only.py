@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data import SplitPaths, load_split
+from ..data import Split, SplitPaths, load_split
 from ..domain import Domain
 from ..errors import NSCLError, ProgramError
 from ..inference.dataset import QADataset
@@ -224,7 +224,9 @@ def fit_from_answers(
     with Run(run_dir, cfg, plot_parser_curves) as run:
         split = load_split(paths, domain, programs=False)
         split.check_images()
-        ds = QADataset(split, domain, cfg.image_height, progress)  # images and boxes; it compiles no question
+        ds = QADataset(
+            Split(split.paths, split.scenes, []), domain, cfg.image_height, progress
+        )  # images, boxes
         examples = [
             ParserExample(q.question, q.image_index, q.answer, None, None, q.index)
             for q in split.questions
