@@ -84,6 +84,7 @@ class ParserTrainConfig:
     lessons: tuple[tuple[int, ...], ...] = ()
     search_expansions: int = 5000
     search_slack: int = 4
+    length_prior: float = 1.0  # nats per program node in the candidates' posterior (prefers shorter programs)
     model: ParserConfig = field(default_factory=ParserConfig)
 
     def __post_init__(self) -> None:

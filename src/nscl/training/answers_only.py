@@ -150,6 +150,7 @@ def answers_step(
     opt: torch.optim.Optimizer,
     lesson: Lesson,
     compiler: Compiler,
+    length_prior: float = 0.0,
 ) -> dict[str, float]:
     """One EM step (module docstring) on the questions of a batch that have candidates; returns loss, the share of
     questions whose most likely candidate answers right, the mean number of candidates, and the (question,
@@ -179,7 +180,11 @@ def answers_step(
         nll_c = program_nll(parser, collate(items, parser.grammar.num_fixed)).to(loss_c.device)  # (C,)
     q = torch.tensor(q_of, device=loss_c.device)
     Q = len(examples)
-    score = (-nll_c - loss_c).detach()
+    # Posterior: parser probability x answer likelihood x a simplicity prior (length_prior nats per node), which
+    # breaks ties between programs the answers cannot tell apart (an equality of attributes read as "is there a
+    # thing of the same colour") in favour of the shorter.
+    nodes = torch.tensor([float(len(c)) for c in flat], device=loss_c.device)
+    score = (-nll_c - loss_c - length_prior * nodes).detach()
     best = torch.full((Q,), -torch.inf, device=score.device).scatter_reduce(0, q, score, "amax")
     w = torch.exp(score - best[q])
     w = w / torch.zeros(Q, device=w.device).index_add(0, q, w)[q]  # posterior within each question
@@ -274,7 +279,7 @@ def fit_from_answers(
                     s = answers_step(
                         model, parser, images.to(device), boxes.to(device), mask.to(device), batch,
                         [row_of[e.image_index] for e in batch], cands.with_proposals(batch, lesson.proposals), opt,
-                        lesson, compiler,
+                        lesson, compiler, pcfg.length_prior,
                     )  # fmt: skip
                     if lesson.proposals:
                         for i, prog in s["rewarded"]:
