@@ -232,4 +232,3 @@ def test_the_shipped_full_config_reads_no_programs_and_its_lessons_parse():
     assert cfg.training_target == "all"
     lessons = [Lesson.from_row(r) for r in cfg.parser.lessons]
     assert lessons[0].max_words < lessons[-1].max_words and all(x.perception and x.parser for x in lessons)
-    assert lessons[-1].proposals > 0
