@@ -54,6 +54,13 @@ class AnswerShape:
         attr = domain.attribute_of_concept(answer)
         return cls(ATTRIBUTE_VALUE, domain.attribute_names.index(attr.name))
 
+    def admits(self, program: Program, domain: Domain) -> bool:
+        """Whether ``program``'s answer has this shape's kind (and, for a query, its attribute)."""
+        last = program.nodes[-1]
+        if domain.nscl_ops[last.op].output != self.output or (self.root_op and last.op != self.root_op):
+            return False
+        return self.attribute < 0 or last.attribute == domain.attribute_names[self.attribute]
+
 
 @dataclass
 class SearchResult:

@@ -53,6 +53,7 @@ from ..program import Program
 from ..run_config import TrainConfig
 from ..vocab import tokenize
 from .curves import plot_parser_curves
+from .fit_parser import checkpoint_with_parser
 from .harness import FitResult, Run
 from .parser_supervised import build_vocab, make_optimizer
 
@@ -66,9 +67,8 @@ class Lesson:
     max_words: int
     perception: bool  # perception and concepts learn
     parser: bool  # the parser learns
-    proposals: int = (
-        0  # questions the search found nothing for get the parser's n best (beam 2n), if they fit
-    )
+    # Questions the search found nothing for get the parser's n best parses (beam 2n) that fit; 0: none.
+    proposals: int = 0
 
     @classmethod
     def from_row(cls, row: Sequence[int]) -> Lesson:
@@ -88,6 +88,7 @@ class Candidates:
     def __init__(self, parser: Parser, limits: SearchLimits, slack: int) -> None:
         self.parser, self.limits, self.slack = parser, limits, slack
         self.searches: dict[tuple, list[tuple[int, ...]]] = {}
+        self.programs: dict[tuple[str, str | None], list[Program]] = {}  # (question, answer) -> candidates
         self.memory: dict[int, dict[Program, None]] = {}  # question index -> proposals that answered right
         self.fits = WordingCheck(parser.lexicon)
 
@@ -103,7 +104,7 @@ class Candidates:
             for i, ps in zip(need, props):
                 e = batch[i]
                 shape = AnswerShape.of(self.parser.domain, e.answer)
-                ok = [p for p in ps if self.fits(e.question, p) and _gives(p, shape, self.parser.domain)]
+                ok = [p for p in ps if self.fits(e.question, p) and shape.admits(p, self.parser.domain)]
                 mem = self.memory.get(e.index, {})
                 out[i] = list(dict.fromkeys([*mem, *(p.canonical() for p in ok)]))
         return out
@@ -112,6 +113,12 @@ class Candidates:
         self.memory.setdefault(e.index, {})[program] = None
 
     def __call__(self, e: ParserExample) -> list[Program]:
+        got = self.programs.get((e.question, e.answer))
+        if got is None:
+            got = self.programs[(e.question, e.answer)] = self._search(e)
+        return got
+
+    def _search(self, e: ParserExample) -> list[Program]:
         p = self.parser
         try:
             enc, _ = p.encode_questions([e.question], "unk")
@@ -130,14 +137,6 @@ class Candidates:
         return programs_from_actions(p.grammar, q, actions)
 
 
-def _gives(program: Program, shape: AnswerShape, domain: Domain) -> bool:
-    """Whether ``program``'s answer has the kind of ``shape`` (and, for a query, its attribute)."""
-    last = program.nodes[-1]
-    if domain.nscl_ops[last.op].output != shape.output:
-        return False
-    return shape.attribute < 0 or last.attribute == domain.attribute_names[shape.attribute]
-
-
 def answers_step(
     model: NSCL,
     parser: Parser,
@@ -151,6 +150,7 @@ def answers_step(
     lesson: Lesson,
     compiler: Compiler,
     length_prior: float = 0.0,
+    grad_clip: float = 5.0,
 ) -> dict[str, float]:
     """One EM step (module docstring) on the questions of a batch that have candidates; returns loss, the share of
     questions whose most likely candidate answers right, the mean number of candidates, and the (question,
@@ -197,7 +197,7 @@ def answers_step(
     if loss.requires_grad:
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 5.0)
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
         opt.step()
     # Train accuracy: the parser's most likely candidate answers right.
     ps = -nll_c.detach()
@@ -229,9 +229,8 @@ def fit_from_answers(
     with Run(run_dir, cfg, plot_parser_curves) as run:
         split = load_split(paths, domain, programs=False)
         split.check_images()
-        ds = QADataset(
-            Split(split.paths, split.scenes, []), domain, cfg.image_height, progress
-        )  # images, boxes
+        # Decoded images and boxes only: no question of this split is compiled.
+        ds = QADataset(Split(split.paths, split.scenes, []), domain, cfg.image_height, progress)
         examples = [
             ParserExample(q.question, q.image_index, q.answer, None, None, q.index)
             for q in split.questions
@@ -266,7 +265,7 @@ def fit_from_answers(
                 "lesson %d: %d questions (<= %d objects, <= %d words), %d with candidates (search %.0fs)",
                 li, len(pool), lesson.max_objects, lesson.max_words, len(usable), time.time() - t0,
             )  # fmt: skip
-            for _ in range(lesson.epochs):
+            for k in range(lesson.epochs):
                 epoch += 1
                 t0 = time.time()
                 rng = np.random.default_rng([cfg.seed, epoch])
@@ -279,13 +278,13 @@ def fit_from_answers(
                     s = answers_step(
                         model, parser, images.to(device), boxes.to(device), mask.to(device), batch,
                         [row_of[e.image_index] for e in batch], cands.with_proposals(batch, lesson.proposals), opt,
-                        lesson, compiler, pcfg.length_prior,
+                        lesson, compiler, pcfg.length_prior, pcfg.grad_clip,
                     )  # fmt: skip
                     if lesson.proposals:
                         for i, prog in s["rewarded"]:
                             cands.remember(batch[i], prog)
-                    for k in ("loss", "acc", "candidates"):
-                        tot[k] += s[k] * s["n"]
+                    for key in ("loss", "acc", "candidates"):
+                        tot[key] += s[key] * s["n"]
                     tot["n"] += s["n"]
                 n = max(tot["n"], 1)
                 rec = {
@@ -296,8 +295,8 @@ def fit_from_answers(
                     "train/candidates": tot["candidates"] / n,
                     "seconds": time.time() - t0,
                 }
-                if epoch % cfg.validation_interval == 0 or _ == lesson.epochs - 1:
-                    rec.update(_validate(model, parser, ds, dev_ex, extra_ds, extra_ex, device, cfg))
+                if epoch % cfg.validation_interval == 0 or k == lesson.epochs - 1:
+                    rec.update(_validate(model, parser, ds, dev_ex, extra_ds, extra_ex, device))
                 log.info(
                     "epoch %d (lesson %d): loss %.4f, best candidate right %.4f, %.1f candidates, %.1fs%s",
                     epoch, li, rec["train/loss"], rec["train/acc/qa_best_candidate"], rec["train/candidates"],
@@ -305,18 +304,9 @@ def fit_from_answers(
                     "".join(f", {k} {v:.4f}" for k, v in rec.items() if k.endswith(("/acc/qa_parsed", "program_exact", "/acc/qa"))),
                 )  # fmt: skip
                 run.write(rec)
-        from ..models.parser import parser_state
-
         metrics = {k: v for k, v in run.records[-1].items() if "/" in k} if run.records else {}
-        state = {
-            "model": model.state_dict(),
-            "domain": domain.to_dict(),
-            "config": asdict(cfg),
-            "metrics": metrics,
-            "epoch": epoch,
-            "parser": parser_state(parser),
-        }
-        run.save(state)
+        extra = {"model": model.state_dict(), "config": asdict(cfg), "metrics": metrics, "epoch": epoch}
+        run.save(checkpoint_with_parser(parser, None, extra))
         run.plot()
         return run.result(metrics, model)
 
@@ -329,7 +319,6 @@ def _validate(
     extra_ds: QADataset | None,
     extra_ex: list[ParserExample],
     device: torch.device,
-    cfg: TrainConfig,
 ) -> dict[str, float]:
     """QA with the parser's programs on the dev part; on the held-out extra split also exact match against its
     programs and, with its programs, QA and concept accuracy (reporting only)."""
