@@ -1,5 +1,5 @@
 """Candidate programs built from a question's words, for learning the parser from answers alone (no program
-annotations): a bounded depth-first search over the parser's grammar (:class:`~nscl.models.grammar.Grammar`).
+annotations): a chart search over the parser's grammar (:class:`~nscl.models.grammar.Grammar`).
 
 A candidate must
 
@@ -11,8 +11,22 @@ A candidate must
   filter, found once); nor does a filter take a filter, an intersection a filter, or a query, relation or
   comparison a bare ``scene()``.
 
-Candidates come back canonical (:meth:`Program.canonical`) and distinct. The search stops after ``max_programs``
-candidates or ``max_expansions`` grammar states and says whether it was complete. Pure NumPy, like the grammar.
+The question's meaningful words fall into *chunks*: a maximal run of concept words (one filter's list), a relation
+word, an attribute word (a lone concept word that also names an attribute or relation, such as "big", may be
+either). A candidate is a typed tree whose nodes take chunks as their arguments and that uses every chunk once, so
+the search is a dynamic programme over (slot, set of chunks, what the parent forbids): each entry holds the smallest
+subtrees that fill the slot with exactly those chunks. Two refinements:
+
+* when the words name one attribute twice ("is the size of the X the same as the size of the Y"), and no candidate
+  uses both, one of them may go unused;
+* when the sets of chunks are too many to visit (``max_expansions`` combinations, many chunks), the search falls
+  back to *projective* programs, whose subtrees each take a contiguous run of chunks (phrases nest), which is
+  polynomial in the number of chunks. Most questions are projective; a few phrasings are not ("excluding the cube
+  itself, how many spheres share its size": the sphere's filter sits between the cube and its attribute).
+
+Candidates come back canonical (:meth:`Program.canonical`) and distinct, shortest first, those within ``slack``
+actions of the shortest. Each entry keeps at most ``max_programs`` subtrees; the result says whether any limit
+cut the search. Pure NumPy, like the grammar.
 """
 
 from __future__ import annotations
@@ -21,17 +35,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..domain import ATTRIBUTE_VALUE, BOOL, INTEGER, P_CONCEPTS, Domain
+from ..domain import ATTRIBUTE_VALUE, BOOL, INTEGER, P_ATTRIBUTE, P_CONCEPTS, P_RELATION, Domain
 from ..language import AS_MANY, FEWER, MORE
 from ..program import Program
-from .grammar import DecodeState, Grammar, QuestionInfo
+from .grammar import Grammar, QuestionInfo
 
 
 @dataclass(frozen=True)
 class SearchLimits:
     max_length: int = 48  # decoder actions of one program
-    max_programs: int = 32
+    max_programs: int = 32  # candidates, and subtrees kept per chart entry
+    # Combinations of chunk sets visited before falling back to projective programs.
     max_expansions: int = 20_000
+    # In actions: a chunk inside a subtree's span that is not its own, or a word left unused.
+    gap_cost: int = 2
 
 
 @dataclass(frozen=True)
@@ -66,7 +83,7 @@ class AnswerShape:
 class SearchResult:
     programs: list[Program]
     complete: bool  # the whole space was searched (not cut by a limit)
-    expansions: int
+    expansions: int  # combinations of chunk sets visited
     actions: list[tuple[int, ...]]  # each program's decoder actions (pointers by token position)
 
 
@@ -119,6 +136,187 @@ _NO_SCENE_UNDER = frozenset(
         "count_greater",
     }
 )
+_NO_FILTER_UNDER = frozenset({"filter", "intersect"})
+# Ops whose two inputs may be swapped (one order is searched).
+_SYMMETRIC = frozenset({"intersect", "union", "count_equal", "query_attribute_equal"})
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """Meaningful words that one argument takes: a run of concept words, or one relation or attribute word."""
+
+    positions: tuple[int, ...]
+    kinds: frozenset[str]  # the argument kinds it can fill (P_CONCEPTS, P_RELATION, P_ATTRIBUTE)
+    attribute: int  # the attribute it names as an attribute word, -1
+
+
+def _chunks(q: QuestionInfo) -> list[_Chunk]:
+    out: list[_Chunk] = []
+    T, p = len(q), 0
+    while p < T:
+        if q.concept[p] >= 0:
+            end = p
+            while end + 1 < T and q.concept[end + 1] >= 0:
+                end += 1
+            run = tuple(range(p, end + 1))
+            kinds: set[str] = set()
+            if len({int(q.concept_attr[i]) for i in run}) == len(run):  # one filter names each attribute once
+                kinds.add(P_CONCEPTS)
+            if len(run) == 1:
+                kinds |= {P_RELATION} if q.relation[p] >= 0 else set()
+                kinds |= {P_ATTRIBUTE} if q.attribute[p] >= 0 else set()
+            out.append(_Chunk(run, frozenset(kinds), int(q.attribute[p]) if len(run) == 1 else -1))
+            p = end + 1
+            continue
+        if q.relation[p] >= 0 or q.attribute[p] >= 0:
+            kinds = ({P_RELATION} if q.relation[p] >= 0 else set()) | (
+                {P_ATTRIBUTE} if q.attribute[p] >= 0 else set()
+            )
+            out.append(_Chunk((p,), frozenset(kinds), int(q.attribute[p])))
+        p += 1
+    return out
+
+
+class _Cut(Exception):
+    """The chart visited ``max_expansions`` combinations."""
+
+
+class _Chart:
+    """The dynamic programme of one question (module docstring). A subtree is its tuple of decoder actions in
+    prefix order (pointers as ``F + position``), so its length is its size in actions."""
+
+    def __init__(
+        self,
+        grammar: Grammar,
+        q: QuestionInfo,
+        shape: AnswerShape,
+        chunks: list[_Chunk],
+        limits: SearchLimits,
+        projective: bool,
+        budget: int,
+    ) -> None:
+        self.g, self.q, self.shape, self.chunks = grammar, q, shape, chunks
+        self.limits, self.projective, self.budget = limits, projective, budget
+        self.expansions, self.truncated = 0, False
+        self.memo: dict[tuple[int, int, bool, bool], list[tuple[int, ...]]] = {}
+        g = grammar
+        F = g.num_fixed
+        ops = g.ops
+        self.end = g.end
+        self.answer_slot = g.slot_index[Grammar.ANSWER]
+        self.kind_of_slot = g.pointer_kind
+        avail = q.available[: len(ops)]
+        self.ops_for = {
+            s: [o for o in range(len(ops)) if g.slot_ops[s, o] and avail[o]] for s in range(len(g.slots))
+        }
+        self.scene = g.op_index.get("scene", -1)
+        self.filter = g.op_index.get("filter", -1)
+        self.query = g.op_index.get("query", -1)
+        self.no_scene = [o in _NO_SCENE_UNDER for o in ops]
+        self.no_filter = [o in _NO_FILTER_UNDER for o in ops]
+        self.symmetric = [o in _SYMMETRIC for o in ops]
+        self.root_ok = [
+            g.domain.nscl_ops[o].output == shape.output and shape.root_op in (None, o) for o in ops
+        ]
+        # Pointer actions of each chunk in each role.
+        self.pointers = [
+            (tuple(F + i for i in c.positions) + (self.end,), (F + c.positions[0],)) for c in chunks
+        ]
+
+    def run(self) -> list[tuple[int, tuple[int, ...]]]:
+        full = (1 << len(self.chunks)) - 1
+        return self.fill(self.answer_slot, full, False, False)
+
+    def fill(
+        self, slot: int, mask: int, no_scene: bool, no_filter: bool
+    ) -> list[tuple[int, tuple[int, ...]]]:
+        """The cheapest subtrees (at most ``max_programs``) that fill ``slot`` using exactly the chunks of ``mask``,
+        as (cost, actions): cost is the size in actions plus ``gap_cost`` for each chunk that sits inside a
+        subtree's span without belonging to it (0 for a projective subtree)."""
+        key = (slot, mask, no_scene, no_filter)
+        got = self.memo.get(key)
+        if got is not None:
+            return got
+        self.memo[key] = []  # no subtree uses its own slot and chunks again (every op below takes a chunk)
+        out: list[tuple[int, tuple[int, ...]]] = []
+        gaps = self._gaps(mask)
+        if not (self.projective and gaps):
+            for o in self.ops_for[slot]:
+                if (no_scene and o == self.scene) or (no_filter and o == self.filter):
+                    continue
+                if slot == self.answer_slot and not self.root_ok[o]:
+                    continue
+                out.extend(self._op(o, slot, mask, gaps * self.limits.gap_cost))
+        out.sort(key=lambda t: t[0])
+        cap = self.limits.max_programs
+        if len(out) > cap:
+            self.truncated = True
+            out = out[:cap]
+        self.memo[key] = out
+        return out
+
+    @staticmethod
+    def _gaps(mask: int) -> int:
+        """Chunks between the first and the last of ``mask`` that are not in it."""
+        if mask == 0:
+            return 0
+        low = mask & -mask
+        span = (1 << mask.bit_length()) - low
+        return (span & ~mask).bit_count()
+
+    def _op(self, o: int, slot: int, mask: int, penalty: int) -> list[tuple[int, tuple[int, ...]]]:
+        g, chunks = self.g, self.chunks
+        children = g.children[o]
+        params = [c for c in children if c in self.kind_of_slot]
+        inputs = [c for c in children if c not in self.kind_of_slot]
+        # Arguments: one chunk per parameter (ops have at most one).
+        heads: list[tuple[tuple[int, ...], int]] = []
+        if not params:
+            heads.append(((o,), mask))
+        else:
+            kind = self.kind_of_slot[params[0]]
+            for k, c in enumerate(chunks):
+                if not mask >> k & 1 or kind not in c.kinds:
+                    continue
+                root_query = kind == P_ATTRIBUTE and o == self.query and slot == self.answer_slot
+                if root_query and c.attribute != self.shape.attribute:
+                    continue  # the root query asks for the answer's attribute
+                ptr = self.pointers[k][0 if kind == P_CONCEPTS else 1]
+                heads.append(((o, *ptr), mask & ~(1 << k)))
+        ns, nf = self.no_scene[o], self.no_filter[o]
+        max_len = self.limits.max_length
+        out: list[tuple[int, tuple[int, ...]]] = []
+        for head, rest in heads:
+            base = len(head) + penalty
+            if not inputs:
+                if rest == 0:
+                    out.append((base, head))
+                continue
+            if len(inputs) == 1:
+                for c, sub in self.fill(inputs[0], rest, ns, nf):
+                    if len(head) + len(sub) <= max_len:
+                        out.append((base + c, head + sub))
+                continue
+            # Two inputs: every split of the remaining chunks (both non-empty: no two-input op takes a scene).
+            sub = (rest - 1) & rest
+            low = rest & -rest
+            while sub:
+                a, b = sub, rest ^ sub
+                sub = (sub - 1) & rest
+                if b == 0 or (self.symmetric[o] and not a & low):
+                    continue
+                self.expansions += 1
+                if self.expansions > self.budget:
+                    raise _Cut
+                left = self.fill(inputs[0], a, ns, nf)
+                if not left:
+                    continue
+                right = self.fill(inputs[1], b, ns, nf)
+                for cx, x in left:
+                    for cy, y in right:
+                        if len(head) + len(x) + len(y) <= max_len:
+                            out.append((base + cx + cy, head + x + y))
+        return out
 
 
 def search_programs(
@@ -128,104 +326,44 @@ def search_programs(
     limits: SearchLimits = SearchLimits(),
     slack: int = 4,
 ) -> SearchResult:
-    """Candidate programs for question ``q`` with an answer of ``shape`` (module docstring), shortest first: the
-    search runs with growing length limits and keeps, from the shortest length ``L`` that has a candidate, those up
-    to ``L + slack`` actions."""
-    found: dict[Program, tuple[int, ...]] = {}
-    total, first = 0, None
-    for length in range(2, limits.max_length + 1):
-        if first is not None and length > first + slack:
-            return SearchResult(list(found), True, total, list(found.values()))
-        r = _search(
-            grammar, q, shape, length, limits.max_programs - len(found), limits.max_expansions - total
-        )
-        total += r.expansions
-        for p, a in zip(r.programs, r.actions):
-            found.setdefault(p, a)
-        if found and first is None:
-            first = length
-        if not r.complete:
-            return SearchResult(list(found), False, total, list(found.values()))
-    return SearchResult(list(found), True, total, list(found.values()))
+    """Candidate programs for question ``q`` with an answer of ``shape`` (module docstring): those within
+    ``slack`` of the cheapest (cost: actions, plus ``gap_cost`` per chunk inside a subtree's span that is not its
+    own, plus ``gap_cost`` per unused word), cheapest first."""
+    chunks = _chunks(q)
+    total, complete = 0, True
+    found: list[tuple[int, tuple[int, ...]]] = []
+    for drop in _drops(chunks):
+        kept = [c for k, c in enumerate(chunks) if k not in drop]
+        for projective in (False, True):
+            chart = _Chart(grammar, q, shape, kept, limits, projective, limits.max_expansions)
+            try:
+                got = chart.run()
+            except _Cut:
+                total += chart.expansions
+                complete = False
+                continue  # too many chunk sets: projective programs only
+            total += chart.expansions
+            complete &= not chart.truncated
+            found += [(c + limits.gap_cost * len(drop), acts) for c, acts in got]
+            break
+    found.sort(key=lambda t: t[0])
+    programs: dict[Program, tuple[int, ...]] = {}
+    for c, acts in found:
+        if c > found[0][0] + slack or len(programs) >= limits.max_programs:
+            break
+        programs.setdefault(grammar.to_program(acts, q).canonical(), acts)
+    return SearchResult(list(programs), complete, total, list(programs.values()))
 
 
-def _search(
-    grammar: Grammar, q: QuestionInfo, shape: AnswerShape, max_length: int, max_programs: int, budget: int
-) -> SearchResult:
-    F = grammar.num_fixed
-    ops = grammar.ops
-    outputs = [grammar.domain.nscl_ops[o].output for o in ops]
-    root_ok = np.array(
-        [out == shape.output and shape.root_op in (None, o) for o, out in zip(ops, outputs)] + [False]
-    )
-    no_scene = np.array([o in _NO_SCENE_UNDER for o in ops] + [False])
-    filter_op = grammar.op_index.get("filter", -1)
-    no_filter = {grammar.op_index[o] for o in ("filter", "intersect") if o in grammar.op_index}
-    scene_op = grammar.op_index.get("scene", -1)
-    meaningful = (q.concept >= 0) | (q.relation >= 0) | (q.attribute >= 0)
-    must = frozenset(np.flatnonzero(meaningful).tolist())
-    attr_slot = grammar.slot_index[Grammar.ATTRIBUTE]
-    found: dict[Program, tuple[int, ...]] = {}
-    expansions = 0
-    cut = False
-
-    def visit(
-        st: DecodeState, parents: list[int], step: int, used: frozenset[int], last: int, root: int
-    ) -> None:
-        nonlocal expansions, cut
-        if cut:
-            return
-        expansions += 1
-        if expansions > budget:
-            cut = True
-            return
-        if st.done:
-            if must <= used:
-                found.setdefault(grammar.to_program(st.actions, q).canonical(), tuple(st.actions))
-                if len(found) >= max_programs:
-                    cut = True
-            return
-        if len(must - used) > max_length - step:  # each word still to cover takes one action
-            return
-        mask = grammar.allowed(st, step, max_length, q)
-        if step == 0:
-            mask[:F] &= root_ok
-        slot, parent = st.stack[-1][0], parents[-1]
-        if parent in no_filter and filter_op >= 0:
-            mask[filter_op] = False
-        if parent >= 0 and no_scene[parent] and scene_op >= 0:
-            mask[scene_op] = False
-        for a in np.flatnonzero(mask).tolist():
-            nxt_used, nxt_last = used, last
-            if a >= F:
-                pos = a - F
-                if pos in used:
-                    continue
-                if (
-                    slot == attr_slot
-                    and step == 1
-                    and ops[root] == "query"
-                    and q.attribute[pos] != shape.attribute
-                ):
-                    continue  # the root query asks for the answer's attribute
-                if grammar.pointer_kind[slot] == P_CONCEPTS:
-                    # A filter's concepts are one maximal run of adjacent concept words, in order.
-                    if last >= 0 and pos != last + 1:
-                        continue
-                    if last < 0 and pos > 0 and q.concept[pos - 1] >= 0:
-                        continue
-                    nxt_last = pos
-                nxt_used = used | {pos}
-            elif a == grammar.end:
-                if last + 1 < len(q) and q.concept[last + 1] >= 0:
-                    continue  # the run goes on
-                nxt_last = -1
-            nxt = st.copy()
-            grammar.advance(nxt, a, q)
-            # The slots pushed by this action belong to it (an op) or to the same parent (a filter's next concept).
-            owner = a if a < len(ops) else parent
-            nxt_parents = parents[:-1] + [owner] * (len(nxt.stack) - len(parents) + 1)
-            visit(nxt, nxt_parents, step + 1, nxt_used, nxt_last, a if step == 0 else root)
-
-    visit(grammar.start(), [-1], 0, frozenset(), -1, -1)
-    return SearchResult(list(found), not cut, expansions, list(found.values()))
+def _drops(chunks: list[_Chunk]) -> list[frozenset[int]]:
+    """Sets of chunks that may go unused: none, or one of two words naming the same attribute (only attribute
+    words; the first and the last of each such group)."""
+    out = [frozenset()]
+    by_attr: dict[int, list[int]] = {}
+    for k, c in enumerate(chunks):
+        if c.kinds == {P_ATTRIBUTE}:
+            by_attr.setdefault(c.attribute, []).append(k)
+    for ks in by_attr.values():
+        if len(ks) > 1:
+            out += [frozenset({ks[-1]}), frozenset({ks[0]})]
+    return out

@@ -209,6 +209,7 @@ def answers_step(
         "acc": float(right.sum()) / n_q,
         "n": n_q,
         "candidates": len(flat) / n_q,
+        "rewarded": [(q_of[c], flat[c]) for c in torch.nonzero(correct_c).flatten().tolist()],
     }
 
 
