@@ -309,13 +309,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"--training-target {cfg.training_target} runs in one process; "
                 "torchrun with several processes trains --training-target derender"
             )
-        if args.resume:
-            raise NSCLError("--resume is not supported with --training-target parser|all")
         if cfg.training_target == "all" and not args.load:
             from .training.answers_only import fit_from_answers
 
-            res = fit_from_answers(cfg, domain, paths, run_dir, device, extra, progress)
+            res = fit_from_answers(cfg, domain, paths, run_dir, device, extra, progress, args.resume)
         else:
+            if args.resume:
+                raise NSCLError(
+                    "--resume is supported with --training-target derender, and all without --load"
+                )
             fit = fit_parser if cfg.training_target == "parser" else fit_joint
             res = fit(cfg, domain, paths, run_dir, device, extra, args.load, progress)
     if not world.main:

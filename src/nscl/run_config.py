@@ -83,8 +83,11 @@ class ParserTrainConfig:
     # candidate search's budget (grammar states per question) and slack (actions beyond the shortest candidate)
     lessons: tuple[tuple[int, ...], ...] = ()
     search_expansions: int = 5000
-    search_slack: int = 4
+    search_slack: int = 2
     length_prior: float = 1.0  # nats per program node in the candidates' posterior (prefers shorter programs)
+    # Candidates per question that the parser and perception learn from in a step: the most probable under the
+    # posterior, scored first without gradients (0: all). Long questions have tens of candidates.
+    candidates_kept: int = 4
     model: ParserConfig = field(default_factory=ParserConfig)
 
     def __post_init__(self) -> None:

@@ -310,8 +310,8 @@ class Grammar:
             more = self.slot_index[self.CONCEPTS_MORE]
             if rest + self.cost[more] <= budget:
                 ptr = q.concept >= 0
-                if used:
-                    ptr &= ~np.isin(q.concept_attr, list(used))
+                for a in used:  # a filter names each attribute once
+                    ptr &= q.concept_attr != a
                 mask[self.num_fixed :] = ptr
             if slot == more:
                 mask[self.end] = True

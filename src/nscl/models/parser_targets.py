@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import ProgramError
 from ..program import Program
 from .parser import Parser
 
@@ -35,6 +36,25 @@ def target_of(parser: Parser, question: str, program: Program, unknown: str = "u
     q = enc.info[0]
     slots, masks, targets = parser.grammar.target(program, q, parser.cfg.max_length)
     return Target(enc.ids[0, : len(q)].tolist(), slots, masks, targets)
+
+
+def targets_of(
+    parser: Parser, question: str, programs: Sequence[Program], unknown: str = "unk"
+) -> list[Target | None]:
+    """:func:`target_of` for several programs of one question (encoded once); None where the question cannot
+    express a program."""
+    enc, _ = parser.encode_questions([question], unknown)
+    q = enc.info[0]
+    ids = enc.ids[0, : len(q)].tolist()
+    out: list[Target | None] = []
+    for program in programs:
+        try:
+            slots, masks, targets = parser.grammar.target(program, q, parser.cfg.max_length)
+        except ProgramError:
+            out.append(None)
+            continue
+        out.append(Target(ids, slots, masks, targets))
+    return out
 
 
 def collate(items: Sequence[Target], F_: int) -> dict[str, Tensor]:

@@ -21,14 +21,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..checkpoint import CheckpointError, load_checkpoint
 from ..data import Split, SplitPaths, load_split
 from ..domain import Domain
-from ..errors import NSCLError, ProgramError
+from ..errors import NSCLError
 from ..inference.dataset import QADataset
 from ..inference.evaluate import evaluate, evaluate_parser
 from ..inference.examples import ParserExample, examples_from_questions, image_batches, split_by_image
@@ -37,10 +39,10 @@ from ..inference.guided import WordingCheck
 from ..inference.scenes import ModelScenes
 from ..language import asked_answer
 from ..losses import qa_loss
-from ..models.executor import Compiler
+from ..models.executor import Compiler, SceneLogits
 from ..models.nscl import NSCL
 from ..models.parser import Parser
-from ..models.parser_targets import collate, program_nll, target_of
+from ..models.parser_targets import Target, collate, program_nll, targets_of
 from ..models.program_search import (
     AnswerShape,
     SearchLimits,
@@ -49,7 +51,7 @@ from ..models.program_search import (
     search_programs,
     signature,
 )
-from ..program import Program
+from ..program import Program, program_from_str
 from ..run_config import TrainConfig
 from ..vocab import tokenize
 from .curves import plot_parser_curves
@@ -151,39 +153,82 @@ def answers_step(
     compiler: Compiler,
     length_prior: float = 0.0,
     grad_clip: float = 5.0,
-) -> dict[str, float]:
-    """One EM step (module docstring) on the questions of a batch that have candidates; returns loss, the share of
-    questions whose most likely candidate answers right, the mean number of candidates, and the (question,
-    candidate) pairs that answered right (``rewarded``)."""
-    domain = parser.domain
-    flat: list[Program] = []
-    q_of: list[int] = []
-    items = []
-    for i, (e, cands) in enumerate(zip(examples, candidates)):
-        for c in cands:
-            try:
-                items.append(target_of(parser, e.question, c))
-            except ProgramError:
-                continue
-            flat.append(c)
-            q_of.append(i)
-    if not flat:
-        return {"loss": 0.0, "acc": 0.0, "n": 0, "candidates": 0.0, "rewarded": []}
+    keep: int = 0,
+) -> dict[str, Any]:
+    """One EM step (module docstring) on a batch of images (perceived by ``model``) and their questions: see
+    :func:`em_step`."""
     model.train(lesson.perception)
-    parser.train(lesson.parser)
     with torch.set_grad_enabled(lesson.perception):
         scene = model.perceive(images, boxes, mask)
+    return em_step(
+        parser, scene, examples, rows, candidates, opt, lesson, compiler, length_prior, grad_clip, keep
+    )
+
+
+def em_step(
+    parser: Parser,
+    scene: SceneLogits,
+    examples: Sequence[ParserExample],
+    rows: Sequence[int],
+    candidates: Sequence[Sequence[Program]],
+    opt: torch.optim.Optimizer,
+    lesson: Lesson,
+    compiler: Compiler,
+    length_prior: float = 0.0,
+    grad_clip: float = 5.0,
+    keep: int = 0,
+) -> dict[str, Any]:
+    """The EM step on perceived scenes (``rows``: each question's row of ``scene``; gradients reach perception
+    through ``scene`` when ``lesson.perception``) for the questions that have candidates; returns loss, the share of
+    questions whose most likely candidate answers right, the mean number of candidates, and the (question,
+    candidate) pairs that answered right (``rewarded``). With ``keep``, only each question's ``keep`` candidates of
+    highest posterior (parser scored without gradients) are learnt from and reported."""
+    domain = parser.domain
+    flat = [c for cands in candidates for c in cands]
+    q_of = [i for i, cands in enumerate(candidates) for _ in cands]
+    if not flat:
+        return {"loss": 0.0, "acc": 0.0, "n": 0, "candidates": 0.0, "rewarded": []}
+    n_cands, n_q = len(flat), len(set(q_of))
+    parser.train(lesson.parser)
     out, _ = run_programs(flat, [rows[i] for i in q_of], scene, domain, False, compiler)
-    tgt = answer_targets([examples[i].answer for i in q_of], domain, images.device)  # type: ignore[misc]
+    tgt = answer_targets([examples[i].answer for i in q_of], domain, scene.mask.device)  # type: ignore[misc]
     loss_c, correct_c, _ = qa_loss(out, tgt)  # (C,)
-    with torch.set_grad_enabled(lesson.parser):
-        nll_c = program_nll(parser, collate(items, parser.grammar.num_fixed)).to(loss_c.device)  # (C,)
-    q = torch.tensor(q_of, device=loss_c.device)
-    Q = len(examples)
     # Posterior: parser probability x answer likelihood x a simplicity prior (length_prior nats per node), which
     # breaks ties between programs the answers cannot tell apart (an equality of attributes read as "is there a
     # thing of the same colour") in favour of the shorter.
     nodes = torch.tensor([float(len(c)) for c in flat], device=loss_c.device)
+    prior = (-loss_c.detach() - length_prior * nodes).tolist()
+    sel = list(range(n_cands))
+    if keep > 0 and lesson.parser and n_cands > keep * n_q:
+        sel = _top_per_question(q_of, prior, 3 * keep)  # the answer and the prior first: no parser needed
+    # Teacher-forcing targets, each question encoded once (a candidate the parser cannot express is left out).
+    items: list[Target] = []
+    chosen: list[int] = []
+    by_q: dict[int, list[int]] = {}
+    for c in sel:
+        by_q.setdefault(q_of[c], []).append(c)
+    for i, cs in by_q.items():
+        for c, item in zip(cs, targets_of(parser, examples[i].question, [flat[c] for c in cs])):
+            if item is not None:
+                items.append(item)
+                chosen.append(c)
+    if not chosen:
+        return {"loss": 0.0, "acc": 0.0, "n": 0, "candidates": 0.0, "rewarded": []}
+    if keep > 0 and lesson.parser and len(chosen) > keep * len(by_q):
+        # Then the parser, scored without gradients: each question's ``keep`` most probable candidates.
+        with torch.no_grad():
+            nll_all = program_nll(parser, collate(items, parser.grammar.num_fixed)).tolist()
+        best = _top_per_question(
+            [q_of[c] for c in chosen], [prior[c] - x for c, x in zip(chosen, nll_all)], keep
+        )
+        chosen, items = [chosen[k] for k in best], [items[k] for k in best]
+    flat, q_of = [flat[c] for c in chosen], [q_of[c] for c in chosen]
+    idx = torch.tensor(chosen, device=loss_c.device)
+    loss_c, correct_c, nodes = loss_c[idx], correct_c[idx], nodes[idx]
+    q = torch.tensor(q_of, device=loss_c.device)
+    Q = len(examples)
+    with torch.set_grad_enabled(lesson.parser):
+        nll_c = program_nll(parser, collate(items, parser.grammar.num_fixed)).to(loss_c.device)  # (C,)
     score = (-nll_c - loss_c - length_prior * nodes).detach()
     best = torch.full((Q,), -torch.inf, device=score.device).scatter_reduce(0, q, score, "amax")
     w = torch.exp(score - best[q])
@@ -208,9 +253,18 @@ def answers_step(
         "loss": float(loss.detach()),
         "acc": float(right.sum()) / n_q,
         "n": n_q,
-        "candidates": len(flat) / n_q,
+        "candidates": n_cands / n_q,
         "rewarded": [(q_of[c], flat[c]) for c in torch.nonzero(correct_c).flatten().tolist()],
     }
+
+
+def _top_per_question(q_of: Sequence[int], score: Sequence[float], keep: int) -> list[int]:
+    """Indices (into ``q_of``) of each question's ``keep`` best-scored candidates, in their original order."""
+    by_q: dict[int, list[int]] = {}
+    for c, qi in enumerate(q_of):
+        by_q.setdefault(qi, []).append(c)
+    kept = [c for cs in by_q.values() for c in sorted(cs, key=lambda c: -score[c])[:keep]]
+    return sorted(kept)
 
 
 def fit_from_answers(
@@ -221,8 +275,10 @@ def fit_from_answers(
     device: torch.device,
     extra_paths: SplitPaths | None = None,
     progress: bool = True,
+    resume: str | None = None,
 ) -> FitResult:
-    """Train NS-CL's perception, concepts and parser from answers alone (module docstring)."""
+    """Train NS-CL's perception, concepts and parser from answers alone (module docstring). ``resume``: a
+    checkpoint of this run to continue from exactly, at any epoch (also in the middle of a lesson)."""
     pcfg = cfg.parser
     lessons = [Lesson.from_row(r) for r in pcfg.lessons]
     if not lessons:
@@ -251,8 +307,15 @@ def fit_from_answers(
         opt = make_optimizer(list(model.parameters()) + list(parser.parameters()), cfg.lr, cfg.weight_decay)
         cands = Candidates(parser, SearchLimits(max_expansions=pcfg.search_expansions), pcfg.search_slack)
         compiler = Compiler(domain)
-        epoch = 0
+        epoch, done = 0, 0
+        if resume:
+            done = _resume(resume, cfg, model, parser, opt, cands)
+            run.resume_records(done + 1)
+            log.info("resumed from %s after epoch %d", resume, done)
         for li, lesson in enumerate(lessons, 1):
+            if epoch + lesson.epochs <= done:  # a lesson finished before the resumed checkpoint
+                epoch += lesson.epochs
+                continue
             pool = [
                 e
                 for e in train_ex
@@ -268,6 +331,8 @@ def fit_from_answers(
             )  # fmt: skip
             for k in range(lesson.epochs):
                 epoch += 1
+                if epoch <= done:
+                    continue
                 t0 = time.time()
                 rng = np.random.default_rng([cfg.seed, epoch])
                 tot = {"loss": 0.0, "acc": 0.0, "n": 0.0, "candidates": 0.0}
@@ -279,7 +344,7 @@ def fit_from_answers(
                     s = answers_step(
                         model, parser, images.to(device), boxes.to(device), mask.to(device), batch,
                         [row_of[e.image_index] for e in batch], cands.with_proposals(batch, lesson.proposals), opt,
-                        lesson, compiler, pcfg.length_prior, pcfg.grad_clip,
+                        lesson, compiler, pcfg.length_prior, pcfg.grad_clip, pcfg.candidates_kept,
                     )  # fmt: skip
                     if lesson.proposals:
                         for i, prog in s["rewarded"]:
@@ -305,11 +370,60 @@ def fit_from_answers(
                     "".join(f", {k} {v:.4f}" for k, v in rec.items() if k.endswith(("/acc/qa_parsed", "program_exact", "/acc/qa"))),
                 )  # fmt: skip
                 run.write(rec)
-        metrics = {k: v for k, v in run.records[-1].items() if "/" in k} if run.records else {}
-        extra = {"model": model.state_dict(), "config": asdict(cfg), "metrics": metrics, "epoch": epoch}
-        run.save(checkpoint_with_parser(parser, None, extra))
+                state = _state(cfg, model, parser, opt, cands, run.records, epoch)
+                run.save(state)  # every epoch: a run can resume from its last one
+                if epoch % cfg.save_interval == 0:
+                    run.save(state, epoch)
+        metrics = _metrics(run.records)
+        if epoch <= done:  # nothing left to train
+            run.save(_state(cfg, model, parser, opt, cands, run.records, epoch))
         run.plot()
         return run.result(metrics, model)
+
+
+def _metrics(records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    return {k: v for k, v in records[-1].items() if "/" in k} if records else {}
+
+
+def _state(
+    cfg: TrainConfig,
+    model: NSCL,
+    parser: Parser,
+    opt: torch.optim.Optimizer,
+    cands: Candidates,
+    records: Sequence[dict[str, Any]],
+    epoch: int,
+) -> dict[str, Any]:
+    """A checkpoint that ``nscl ask``/``evaluate`` read (model, parser) and ``--resume`` continues exactly
+    (optimiser, torch RNG, the off-policy memory; the searches are deterministic and redone)."""
+    extra = {
+        "model": model.state_dict(),
+        "config": asdict(cfg),
+        "metrics": _metrics(records),
+        "epoch": epoch,
+        "optimizer": opt.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "memory": {str(k): [p.to_str() for p in v] for k, v in cands.memory.items()},
+    }
+    return checkpoint_with_parser(parser, None, extra)
+
+
+def _resume(
+    path: str, cfg: TrainConfig, model: NSCL, parser: Parser, opt: torch.optim.Optimizer, cands: Candidates
+) -> int:
+    """Restore a run from its checkpoint at ``path``; returns the number of epochs it had done."""
+    state = load_checkpoint(path, require=("model", "parser", "config", "optimizer", "epoch"))
+    if state["config"] != asdict(cfg):
+        raise CheckpointError(f"{path}: its config differs from this run's; resume with the same flags")
+    if list(state["parser"]["vocab"]) != list(parser.vocab.words):
+        raise CheckpointError(f"{path}: its parser's vocabulary differs; resume on the same data")
+    model.load_state_dict(state["model"])
+    parser.load_state_dict(state["parser"]["state"])
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    for k, progs in state.get("memory", {}).items():
+        cands.memory[int(k)] = {program_from_str(t, parser.domain): None for t in progs}
+    return int(state["epoch"])
 
 
 def _validate(
