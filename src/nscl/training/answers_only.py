@@ -54,7 +54,7 @@ from ..models.program_search import (
 from ..program import Program, program_from_str
 from ..run_config import TrainConfig
 from ..vocab import tokenize
-from .curves import plot_parser_curves
+from .curves import plot_answers_curves
 from .fit_parser import checkpoint_with_parser
 from .harness import FitResult, Run
 from .parser_supervised import build_vocab, make_optimizer
@@ -283,7 +283,7 @@ def fit_from_answers(
     lessons = [Lesson.from_row(r) for r in pcfg.lessons]
     if not lessons:
         raise NSCLError("learning from answers alone needs parser.lessons (see configs/full.json)")
-    with Run(run_dir, cfg, plot_parser_curves) as run:
+    with Run(run_dir, cfg, plot_answers_curves) as run:
         split = load_split(paths, domain, programs=False)
         split.check_images()
         # Decoded images and boxes only: no question of this split is compiled.

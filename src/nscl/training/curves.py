@@ -75,3 +75,45 @@ def plot_parser_curves(records: Sequence[Mapping[str, Any]], path: Path) -> None
         if ax.lines:
             ax.legend(fontsize=7)
     save_figure(fig, path)
+
+
+def plot_answers_curves(records: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """A run from answers alone, by epoch, with its lessons shaded: training loss and the share of questions whose
+    most probable candidate answers right; held-out QA (given programs, own parses) and program exact match; and
+    concept classification per attribute and relations (held-out, the paper's Table 2 columns)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    panels = (
+        ("train/loss", "train/acc/qa_best_candidate"),
+        (
+            "validationextra/acc/qa",
+            "validationextra/acc/qa_parsed",
+            "validationextra/acc/program_exact",
+            "validation/acc/qa_parsed",
+        ),
+        tuple(
+            sorted(
+                {k for r in records for k in r if "/acc/concept/" in k or k == "validationextra/acc/relation"}
+            )
+        ),
+    )
+    for ax, keys in zip(axes, panels):
+        for key in keys:
+            pts = [(r["epoch"], r[key]) for r in records if key in r]
+            if pts:
+                ax.plot(*zip(*pts), marker="o" if key.startswith("validation") else None, label=key)
+        ax.set_xlabel("epoch")
+        # Lessons: alternate shading over the epochs of each.
+        stages = [(r["epoch"], r.get("stage")) for r in records]
+        for k, stage in enumerate(dict.fromkeys(s for _, s in stages)):
+            eps = [e for e, s in stages if s == stage]
+            if k % 2 == 0:
+                ax.axvspan(min(eps) - 0.5, max(eps) + 0.5, color="0.92", zorder=0)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    axes[0].set_title("training")
+    axes[1].set_title("held-out: QA and parsing")
+    axes[1].set_ylim(0, 1.02)
+    axes[2].set_title("held-out: concepts")
+    axes[2].set_ylim(0, 1.02)
+    save_figure(fig, path)
