@@ -109,8 +109,9 @@ def test_trains_from_a_file_without_programs_and_never_parses_one(tmp_path, gen_
 
     monkeypatch.setattr(ClevrProgram, "from_json", classmethod(refuse))
     torch.manual_seed(0)
+    cfg = _cfg(lr_decay_at=0.5)
     res = fit_from_answers(
-        _cfg(),
+        cfg,
         domain,
         _no_program_split(tmp_path, gen_root),
         tmp_path / "run",
@@ -120,6 +121,7 @@ def test_trains_from_a_file_without_programs_and_never_parses_one(tmp_path, gen_
     records = [json.loads(x) for x in res.run.metrics.read_text().splitlines()]
     assert [r["stage"] for r in records] == ["lesson 1", "lesson 2"]
     assert [r["epoch"] for r in records] == [1, 2]
+    assert [r["lr"] for r in records] == pytest.approx([cfg.lr, cfg.lr * 0.1])  # the step over all lessons
     assert all(r["train/candidates"] >= 1 for r in records)
     assert "validation/acc/qa_parsed" in records[-1]
     state = torch.load(res.checkpoint, weights_only=False)

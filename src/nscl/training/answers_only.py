@@ -5,18 +5,23 @@ concepts and the parser learn together, and no program annotation is read anywhe
 Each training question gets candidate programs built from its own words (:mod:`nscl.models.program_search`: typed
 programs that use every concept, relation and attribute word once and give the kind of answer that the answer has).
 One step perceives a batch of images, runs every candidate on the executor, and weighs each question's candidates by
-their posterior, the parser's probability times the answer's likelihood ``p(c | q) * exp(-QA loss)`` (detached).
-Perception and concepts descend the weighted QA loss, the parser the weighted negative log-likelihood: an EM step on
-the marginal likelihood of the answer.
+their posterior, the parser's probability times the answer's likelihood times a simplicity prior,
+``p(c | q) * exp(-QA loss) * exp(-length_prior * nodes)`` (detached). Perception and concepts descend the weighted
+QA loss, the parser the weighted negative log-likelihood: an EM step on the marginal likelihood of the answer. A long
+question has tens of candidates; each step learns from its ``candidates_kept`` most probable (ranked by the answer
+and the prior, then by the parser scored without gradients).
 
 Lessons (``parser.lessons``: ``[epochs, max objects, max question words, train perception, train parser]``) select
 questions by what a user has (the number of boxes, the number of words) and say which parts learn, as the paper's
-curriculum does: object-level concepts on small scenes and short questions first, then longer ones, then everything.
+curriculum does: object-level concepts on small scenes and short questions first, then longer ones, then every
+question with perception fixed, then everything jointly (``configs/full.json``). The learning rate follows
+``lr_schedule`` over the epochs of all lessons. Every epoch writes a checkpoint that ``--resume`` continues exactly.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -307,7 +312,7 @@ def fit_from_answers(
         opt = make_optimizer(list(model.parameters()) + list(parser.parameters()), cfg.lr, cfg.weight_decay)
         cands = Candidates(parser, SearchLimits(max_expansions=pcfg.search_expansions), pcfg.search_slack)
         compiler = Compiler(domain)
-        epoch, done = 0, 0
+        epoch, done, total = 0, 0, sum(x.epochs for x in lessons)
         if resume:
             done = _resume(resume, cfg, model, parser, opt, cands)
             run.resume_records(done + 1)
@@ -333,6 +338,8 @@ def fit_from_answers(
                 epoch += 1
                 if epoch <= done:
                     continue
+                for group in opt.param_groups:
+                    group["lr"] = _lr_at(cfg, epoch, total)
                 t0 = time.time()
                 rng = np.random.default_rng([cfg.seed, epoch])
                 tot = {"loss": 0.0, "acc": 0.0, "n": 0.0, "candidates": 0.0}
@@ -356,6 +363,7 @@ def fit_from_answers(
                 rec = {
                     "epoch": epoch,
                     "stage": f"lesson {li}",
+                    "lr": opt.param_groups[0]["lr"],
                     "train/loss": tot["loss"] / n,
                     "train/acc/qa_best_candidate": tot["acc"] / n,
                     "train/candidates": tot["candidates"] / n,
@@ -379,6 +387,15 @@ def fit_from_answers(
             run.save(_state(cfg, model, parser, opt, cands, run.records, epoch))
         run.plot()
         return run.result(metrics, model)
+
+
+def _lr_at(cfg: TrainConfig, epoch: int, total: int) -> float:
+    """The learning rate of ``epoch`` (1-based) of ``total``, by ``cfg.lr_schedule`` over all lessons: "step" x 0.1
+    after ``lr_decay_at`` of the epochs, or "cosine" down to lr / 100."""
+    if cfg.lr_schedule == "cosine":
+        t = (epoch - 1) / max(1, total - 1)
+        return cfg.lr / 100 + (cfg.lr - cfg.lr / 100) * (1 + math.cos(math.pi * t)) / 2
+    return cfg.lr * (0.1 if epoch > max(1, math.ceil(total * cfg.lr_decay_at)) else 1.0)
 
 
 def _metrics(records: Sequence[dict[str, Any]]) -> dict[str, float]:
