@@ -2,11 +2,12 @@
 program, and how many candidates it gives, by question length; the true programs are read only to score this.
 
     .venv/bin/python benchmarks/program_search.py --data-dir data/demo/val-set/val [--questions 1000]
-        [--max-words 23] [--expansions 5000]
+        [--max-words 40] [--expansions 5000] [--slack 2]
 
 Prints, per band of question length (words), the number of questions, the share whose canonical true program is
 among the candidates, the mean number of candidates, and the milliseconds per question (one search per question, no
-reuse between questions phrased alike, as the trainer's cache would give), with the CPU model.
+reuse between questions phrased alike, as the trainer's cache would give), with the CPU model. ``--expansions`` and
+``--slack`` are ``parser.search_expansions`` and ``parser.search_slack``.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default="data/demo/val-set/val")
     ap.add_argument("--questions", type=int, default=1000)
-    ap.add_argument("--max-words", type=int, default=23)
+    ap.add_argument("--max-words", type=int, default=40)
     ap.add_argument("--expansions", type=int, default=5000)
-    ap.add_argument("--slack", type=int, default=4)
+    ap.add_argument("--slack", type=int, default=2, help="as parser.search_slack [2]")
     args = ap.parse_args()
     from machine import machine_line
 
