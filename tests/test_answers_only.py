@@ -319,3 +319,14 @@ def test_em_from_answers_teaches_a_random_parser_with_a_perfect_perception(gen_s
     print("EM", before["v/acc/program_exact"], after["v/acc/program_exact"], after["v/acc/qa_parsed"])
     assert before["v/acc/program_exact"] < 0.3
     assert after["v/acc/program_exact"] >= 0.8 and after["v/acc/qa_parsed"] >= 0.9
+
+
+def test_answers_only_refuses_program_annotations(gen_root, tmp_path, capsys):
+    from nscl.cli import main
+
+    run = tmp_path / "r"
+    argv = ["train", "--training-target", "all", "--config", "full", "--data-dir", str(gen_root / "train")]
+    rc = main([*argv, "--parser-annotations", "5", "--run-dir", str(run), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--parser-annotations must be 0, not 5" in err and len(err.strip().splitlines()) == 1
+    assert not run.exists()

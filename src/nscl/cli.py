@@ -310,6 +310,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "torchrun with several processes trains --training-target derender"
             )
         if cfg.training_target == "all" and not args.load:
+            if cfg.parser.annotations:
+                raise NSCLError(
+                    f"--training-target all without --load learns from answers alone and reads no program: "
+                    f"--parser-annotations must be 0, not {cfg.parser.annotations} (or give --load)"
+                )
             from .training.answers_only import fit_from_answers
 
             res = fit_from_answers(cfg, domain, paths, run_dir, device, extra, progress, args.resume)
