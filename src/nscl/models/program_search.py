@@ -151,6 +151,8 @@ class _Chunk:
 
 
 def _chunks(q: QuestionInfo) -> list[_Chunk]:
+    """The question's chunks in word order: each maximal run of concept words (a lone one may also be a relation or
+    attribute word, "big"), each other relation or attribute word."""
     out: list[_Chunk] = []
     T, p = len(q), 0
     while p < T:
@@ -198,7 +200,8 @@ class _Chart:
         self.g, self.q, self.shape, self.chunks = grammar, q, shape, chunks
         self.limits, self.projective, self.budget = limits, projective, budget
         self.expansions, self.truncated = 0, False
-        self.memo: dict[tuple[int, int, bool, bool], list[tuple[int, ...]]] = {}
+        # (slot, chunk set, no scene, no filter) -> the cheapest subtrees, as (cost, actions)
+        self.memo: dict[tuple[int, int, bool, bool], list[tuple[int, tuple[int, ...]]]] = {}
         g = grammar
         F = g.num_fixed
         ops = g.ops
