@@ -133,7 +133,7 @@ def test_a_step_moves_perception_and_parser_and_a_frozen_part_stays(gen_dataset,
     from nscl.models.executor import Compiler
     from nscl.models.nscl import NSCL
     from nscl.models.parser import Parser
-    from nscl.training.answers_only import Candidates, answers_step
+    from nscl.training.answers_only import Candidates, em_step, perceive
     from nscl.training.parser_supervised import build_vocab, make_optimizer
 
     cfg = _cfg()
@@ -160,19 +160,8 @@ def test_a_step_moves_perception_and_parser_and_a_frozen_part_stays(gen_dataset,
         (Lesson(1, 10, 12, False, True), (False, True)),
     ):
         m0, p0 = snapshot()
-        s = answers_step(
-            model,
-            parser,
-            images,
-            boxes,
-            mask,
-            ex,
-            rows,
-            [cands(e) for e in ex],
-            opt,
-            lesson,
-            Compiler(domain),
-        )
+        scene = perceive(model, images, boxes, mask, lesson)
+        s = em_step(parser, scene, ex, rows, [cands(e) for e in ex], opt, lesson, Compiler(domain))
         assert s["n"] == len(ex) and s["candidates"] >= 1
         m1, p1 = snapshot()
         assert any(not torch.equal(a, b) for a, b in zip(m0, m1)) == moves[0]

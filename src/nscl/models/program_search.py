@@ -195,10 +195,9 @@ class _Chart:
         chunks: list[_Chunk],
         limits: SearchLimits,
         projective: bool,
-        budget: int,
     ) -> None:
         self.g, self.q, self.shape, self.chunks = grammar, q, shape, chunks
-        self.limits, self.projective, self.budget = limits, projective, budget
+        self.limits, self.projective = limits, projective
         self.expansions, self.truncated = 0, False
         # (slot, chunk set, no scene, no filter) -> the cheapest subtrees, as (cost, actions)
         self.memo: dict[tuple[int, int, bool, bool], list[tuple[int, tuple[int, ...]]]] = {}
@@ -309,7 +308,7 @@ class _Chart:
                 if b == 0 or (self.symmetric[o] and not a & low):
                     continue
                 self.expansions += 1
-                if self.expansions > self.budget:
+                if self.expansions > self.limits.max_expansions:
                     raise _Cut
                 left = self.fill(inputs[0], a, ns, nf)
                 if not left:
@@ -338,7 +337,7 @@ def search_programs(
     for drop in _drops(chunks):
         kept = [c for k, c in enumerate(chunks) if k not in drop]
         for projective in (False, True):
-            chart = _Chart(grammar, q, shape, kept, limits, projective, limits.max_expansions)
+            chart = _Chart(grammar, q, shape, kept, limits, projective)
             try:
                 got = chart.run()
             except _Cut:

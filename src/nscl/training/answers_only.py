@@ -144,30 +144,12 @@ class Candidates:
         return programs_from_actions(p.grammar, q, actions)
 
 
-def answers_step(
-    model: NSCL,
-    parser: Parser,
-    images: Tensor,
-    boxes: Tensor,
-    mask: Tensor,
-    examples: Sequence[ParserExample],
-    rows: Sequence[int],
-    candidates: Sequence[Sequence[Program]],
-    opt: torch.optim.Optimizer,
-    lesson: Lesson,
-    compiler: Compiler,
-    length_prior: float = 0.0,
-    grad_clip: float = 5.0,
-    keep: int = 0,
-) -> dict[str, Any]:
-    """One EM step (module docstring) on a batch of images (perceived by ``model``) and their questions: see
-    :func:`em_step`."""
+def perceive(model: NSCL, images: Tensor, boxes: Tensor, mask: Tensor, lesson: Lesson) -> SceneLogits:
+    """The batch's scenes for :func:`em_step`, with gradients (and training mode) when the lesson trains
+    perception."""
     model.train(lesson.perception)
     with torch.set_grad_enabled(lesson.perception):
-        scene = model.perceive(images, boxes, mask)
-    return em_step(
-        parser, scene, examples, rows, candidates, opt, lesson, compiler, length_prior, grad_clip, keep
-    )
+        return model.perceive(images, boxes, mask)
 
 
 def em_step(
@@ -348,10 +330,11 @@ def fit_from_answers(
                     imgs = sorted({e.image_index for e in batch})
                     row_of = {im: r for r, im in enumerate(imgs)}
                     images, boxes, mask = ds.scene_batch(np.array([ds.image_of_index[i] for i in imgs]))
-                    s = answers_step(
-                        model, parser, images.to(device), boxes.to(device), mask.to(device), batch,
-                        [row_of[e.image_index] for e in batch], cands.with_proposals(batch, lesson.proposals), opt,
-                        lesson, compiler, pcfg.length_prior, pcfg.grad_clip, pcfg.candidates_kept,
+                    scene = perceive(model, images.to(device), boxes.to(device), mask.to(device), lesson)
+                    s = em_step(
+                        parser, scene, batch, [row_of[e.image_index] for e in batch],
+                        cands.with_proposals(batch, lesson.proposals), opt, lesson, compiler, pcfg.length_prior,
+                        pcfg.grad_clip, pcfg.candidates_kept,
                     )  # fmt: skip
                     if lesson.proposals:
                         for i, prog in s["rewarded"]:
