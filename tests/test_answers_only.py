@@ -284,7 +284,7 @@ def test_em_from_answers_teaches_a_random_parser_with_a_perfect_perception(gen_s
     from nscl.inference.scenes import OracleScenes
     from nscl.models.executor import Compiler
     from nscl.models.parser import Parser, ParserConfig
-    from nscl.training.answers_only import Candidates, em_step
+    from nscl.training.answers_only import Candidates, Evidence, em_step
     from nscl.training.parser_supervised import build_vocab, make_optimizer
 
     ex = [e for e in examples_from_questions(gen_split.questions, domain) if len(tokenize(e.question)) <= 14]
@@ -303,7 +303,18 @@ def test_em_from_answers_teaches_a_random_parser_with_a_perfect_perception(gen_s
             imgs = sorted({e.image_index for e in batch})
             scene = scenes(imgs)
             rows = [imgs.index(e.image_index) for e in batch]
-            em_step(parser, scene, batch, rows, [cands(e) for e in batch], opt, lesson, compiler, 1.0, keep=4)
+            em_step(
+                parser,
+                scene,
+                batch,
+                rows,
+                [cands(e) for e in batch],
+                opt,
+                lesson,
+                compiler,
+                Evidence(1.0),
+                keep=4,
+            )
     after = evaluate_parser(parser, ex, "v", scenes, unknown="unk")
     print("EM", before["v/acc/program_exact"], after["v/acc/program_exact"], after["v/acc/qa_parsed"])
     assert before["v/acc/program_exact"] < 0.3
@@ -319,3 +330,23 @@ def test_answers_only_refuses_program_annotations(gen_root, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "--parser-annotations must be 0, not 5" in err and len(err.strip().splitlines()) == 1
     assert not run.exists()
+
+
+def test_evidence_weighs_the_answer_the_length_and_the_references():
+    """Hand-computed log-weights: a wrong answer costs wrong_answer_cost nats however small its soft loss, each
+    node length_prior, and a reference that is not one object its log-probability times referent_weight."""
+    from nscl.training.answers_only import Evidence
+
+    loss = torch.tensor([0.1, 0.3, 0.2])
+    correct = torch.tensor([True, False, True])
+    nodes = torch.tensor([5.0, 4.0, 7.0])
+    ref = torch.tensor([-0.1, -0.2, -2.0])
+    got = Evidence(1.0, 20.0, 1.0).log_weight(loss, correct, nodes, ref)
+    assert torch.allclose(got, torch.tensor([-5.2, -24.5, -9.2]))
+    # Without the referent term (or without referents computed) it is the answer and the length only.
+    assert torch.allclose(
+        Evidence(1.0, 20.0, 0.0).log_weight(loss, correct, nodes, ref), torch.tensor([-5.1, -24.3, -7.2])
+    )
+    assert torch.allclose(
+        Evidence(0.5).log_weight(loss, correct, nodes, None), torch.tensor([-2.6, -2.3, -3.7])
+    )

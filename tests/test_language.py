@@ -137,6 +137,20 @@ def asked(text: str) -> str | None:
         ("Tell me whether there are fewer cubes than balls.", "count_less"),
         ("Is the tally of cubes identical to the tally of balls?", "count_equal"),
         ("The big cube -- does it have the same size as the ball?", BOOL_ANSWER),
+        ("Could you tell me if the cubes outnumber the balls?", "count_greater"),
+        ("Does the number of cubes exceed the number of balls?", "count_greater"),
+        ("Count the cubes, then the balls; is the first number the greater one?", "count_greater"),
+        ("Count the cubes, then the balls; is the first number the lesser one?", "count_less"),
+        ("Does the number of cubes fall short of the number of balls?", "count_less"),
+        ("Are the cubes in the minority compared with the balls?", "count_less"),
+        ("Is the first group the less numerous of the two?", "count_less"),
+        ("Are the cubes exactly as numerous as the balls?", "count_equal"),
+        ("If you counted the cubes and, separately, the balls, would you get equal totals?", "count_equal"),
+        ("Could you tell me the color of the cube?", "color"),
+        (
+            "Is there a cube that is more shiny?",
+            BOOL_ANSWER,
+        ),  # "more" without "than": no comparison of counts
     ],
 )
 def test_asked_answer_where_the_wording_is_plain(text, kind):
@@ -176,6 +190,18 @@ def test_asked_answer_never_contradicts_a_template(source):
                 assert ok, (f.name, text, got, want)
                 said += got is not None
     assert said > 200  # the rule speaks for most phrasings
+
+
+def test_asked_answer_names_every_comparison_of_our_templates():
+    """The learner from answers alone relies on this: a comparison's wording fixes which of the three it is."""
+    path = Path(str(resources.files("nscl").joinpath("generate", "templates", "compare_integer.json")))
+    n = 0
+    for t in json.loads(path.read_text(encoding="utf-8")):
+        want = _COMPARE[t["nodes"][-1]["type"]]
+        for text in t["text"]:
+            assert asked(text) == want, text
+            n += 1
+    assert n > 100
 
 
 def test_known_inflection_only_for_verbs():

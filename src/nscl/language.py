@@ -262,6 +262,11 @@ MORE, FEWER, AS_MANY = "count_greater", "count_less", "count_equal"
 _YES_NO_OPENERS = frozenset({"is", "are", "does", "do", "was", "were", "has", "have"})
 _COUNT_NOUNS = frozenset({"number", "numbers", "tally", "count", "total", "totals"})
 _CLAUSE_BREAKS = frozenset({";", ":", "-"})  # only the last clause says what is asked
+# A yes/no question that compares two counts: "outnumber", "exceed", "the greater one", "in the majority";
+# "the lesser one", "in the minority", "fall short of"; "more"/"fewer"/"less" with "than" or "numerous"
+_MORE_WORDS = frozenset({"outnumber", "outnumbers", "higher", "exceed", "exceeds", "greater", "majority"})
+_FEWER_WORDS = frozenset({"lower", "lesser", "minority"})
+_COMPARED = frozenset({"than", "numerous", "plentiful"})
 
 
 def asked_answer(
@@ -269,8 +274,10 @@ def asked_answer(
 ) -> str | None:
     """What kind of answer the wording of a question asks for, where it is plain: ``"count"`` ("how many ...",
     "what number of ..."), ``"yes/no"`` (a clause opening with is/are/does/do/was/were/has/have), or, finer, a
-    comparison of two counts (``count_greater`` for "more ... than", "outnumber", "higher"; ``count_less`` for
-    "fewer/less ... than", "outnumbered", "lower"; ``count_equal`` for "as many", "as often", "the same number"),
+    comparison of two counts (``count_greater`` for "more ... than", "outnumber", "exceed", "higher", "the greater
+    one", "the majority"; ``count_less`` for "fewer/less ... than", "outnumbered", "fall short of", "lower", "the
+    lesser one", "the minority"; ``count_equal`` for "as many", "as often", "as numerous", "the same number"; a
+    comparison may also open with "could you tell me if" or "if you counted"),
     or an attribute name ("what color is ...", "which shape ...", "what is the size of ...", "what is its
     material", "what is ... made of"). Other openings ("tell me ...", "how would you describe ...") are read
     by what they contain: "whether" (yes/no), "how many", "the number of", "count" (a count), or one attribute
@@ -297,16 +304,25 @@ def asked_answer(
         or clause[:4] == ["what", "is", "the", "number"]
     ):
         return COUNT_ANSWER
-    if first in _YES_NO_OPENERS or "counting" in words or "whether" in words:
+    if first in _YES_NO_OPENERS or words & {"counting", "whether", "if"}:
         if "outnumbered" in words:
             return FEWER
-        if "outnumber" in words or "higher" in words or ("than" in words and words & {"more", "greater"}):
+        if words & _MORE_WORDS or ("more" in words and words & _COMPARED):
             return MORE
-        if "lower" in words or ("than" in words and words & {"fewer", "less"}):
-            return FEWER
-        if pairs & {("as", "many"), ("as", "often"), ("same", "number"), ("equal", "number")} or (
-            words & _COUNT_NOUNS and words & {"same", "equal", "identical", "match", "agree"}
+        if (
+            words & _FEWER_WORDS
+            or ("short" in words and words & {"fall", "falls"})
+            or (words & {"fewer", "less"} and words & _COMPARED)
         ):
+            return FEWER
+        if pairs & {
+            ("as", "many"),
+            ("as", "often"),
+            ("as", "numerous"),
+            ("same", "number"),
+            ("same", "result"),
+            ("equal", "number"),
+        } or (words & _COUNT_NOUNS and words & {"same", "equal", "identical", "match", "agree"}):
             return AS_MANY
     if first in _YES_NO_OPENERS:
         return BOOL_ANSWER

@@ -85,6 +85,10 @@ class ParserTrainConfig:
     search_expansions: int = 5000
     search_slack: int = 2
     length_prior: float = 1.0  # nats per program node in the candidates' posterior (prefers shorter programs)
+    # ... and nats against a candidate whose answer is wrong, and the weight of log P(its single-object references
+    # hold one object each) (training/answers_only.Evidence)
+    wrong_answer_cost: float = 20.0
+    referent_weight: float = 1.0
     # Candidates per question that the parser and perception learn from in a step: the most probable under the
     # posterior, scored first without gradients (0: all). Long questions have tens of candidates.
     candidates_kept: int = 4
@@ -96,6 +100,9 @@ class ParserTrainConfig:
             raise ConfigError(f"parser.min_referent_p must be in [0, 1), not {self.min_referent_p}")
         if self.guided_beam < 0:
             raise ConfigError(f"parser.guided_beam must be >= 0, not {self.guided_beam}")
+        for name in ("length_prior", "wrong_answer_cost", "referent_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"parser.{name} must be >= 0, not {getattr(self, name)}")
         if self.self_train_epochs < 0 or self.self_train_rounds < 0:
             raise ConfigError("parser.self_train_epochs and parser.self_train_rounds must be >= 0")
 

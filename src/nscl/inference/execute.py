@@ -54,7 +54,7 @@ def run_programs(
 ) -> tuple[Output, Tensor]:
     """Execute programs (``rows[i]``: the image of program i in ``scene``) on the batched executor; a None
     program (failed parse) runs as a placeholder and comes back with ``valid`` (Tensor[Q] bool) False.
-    ``referents`` (test mode): also ``Output.referent_logp``."""
+    ``referents``: also ``Output.referent_logp``."""
     compiler = compiler or Compiler(domain)
     compiled = [compiler(p if p is not None else FALLBACK) for p in programs]
     batch = ProgramBatch.collate(compiled, list(rows)).to(scene.mask.device)

@@ -287,12 +287,13 @@ class Output:
     """Answers of a batch. ``scalar`` (Q,) holds the bool logit or the count; ``query[kind]`` holds
     (question indices, logits (k, C_a)); ``kind`` (Q,) is the answer kind each program produced.
 
-    ``referent_logp`` (Q,), only when asked for in test mode (else None): the log-probability that every
+    ``referent_logp`` (Q,), only when asked for (else None; detached): the log-probability that every
     set the program reads as one object (the input of relate, relate_attribute_equal, query and
     query_attribute_equal) holds exactly one object, each object in a set independently with probability
     sigmoid(logit). CLEVR's question engine only asks
     questions whose references are unambiguous, so a low value marks a program that is unlikely to be the
-    question's; the parser's execution-guided decoding reads it, the model's losses never do."""
+    question's; the parser's execution-guided decoding and the answers-only learner's posterior read it, the
+    model's losses never do."""
 
     kind: Tensor
     scalar: Tensor
@@ -465,8 +466,8 @@ class Executor:
     def __call__(
         self, batch: ProgramBatch, scene: SceneLogits, quantize: bool = False, referents: bool = False
     ) -> Output:
-        """Answers of ``batch`` on ``scene``; with ``referents`` (test mode only) also
-        ``Output.referent_logp``, which the parser's checks read and the model's evaluation never needs."""
+        """Answers of ``batch`` on ``scene``; with ``referents`` also ``Output.referent_logp``, which the
+        parser's checks read and the model's evaluation never needs."""
         Q = batch.num_questions
         device = scene.mask.device
         parts: list[Tensor] = []  # outputs of set groups, in order; their concatenation is the bank
@@ -475,7 +476,7 @@ class Executor:
         scalar_rows: list[Tensor] = []
         scalar_vals: list[Tensor] = []
         query_parts: dict[int, list[tuple[Tensor, Tensor]]] = {}
-        check = referents and quantize
+        check = referents
         ref_logp = torch.zeros(Q, device=device)  # (Q,) see Output.referent_logp
         for g in batch.groups:
             if g.level != level:  # inputs of this level are all in earlier levels

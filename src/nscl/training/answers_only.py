@@ -5,8 +5,9 @@ concepts and the parser learn together, and no program annotation is read anywhe
 Each training question gets candidate programs built from its own words (:mod:`nscl.models.program_search`: typed
 programs that use every concept, relation and attribute word once and give the kind of answer that the answer has).
 One step perceives a batch of images, runs every candidate on the executor, and weighs each question's candidates by
-their posterior, the parser's probability times the answer's likelihood times a simplicity prior,
-``p(c | q) * exp(-QA loss) * exp(-length_prior * nodes)`` (detached). Perception and concepts descend the weighted
+their posterior, the parser's probability times the evidence (:class:`Evidence`: the answer's likelihood, a
+penalty for a wrong answer, a simplicity prior and the probability that its references are unique; detached),
+``p(c | q) * exp(-QA loss - wrong_cost * wrong - length_prior * nodes) * P(unique references)``. Perception and concepts descend the weighted
 QA loss, the parser the weighted negative log-likelihood: an EM step on the marginal likelihood of the answer. A long
 question has tens of candidates; each step learns from its ``candidates_kept`` most probable (ranked by the answer
 and the prior, then by the parser scored without gradients).
@@ -152,6 +153,30 @@ def perceive(model: NSCL, images: Tensor, boxes: Tensor, mask: Tensor, lesson: L
         return model.perceive(images, boxes, mask)
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """What besides the parser weighs a candidate, in nats (``parser.length_prior``, ``wrong_answer_cost``,
+    ``referent_weight``): the answer's likelihood exp(-QA loss) always; ``length_prior`` per program node (a
+    simplicity prior: of two programs the answers cannot tell apart, the shorter); ``wrong_answer_cost`` when the
+    candidate's answer is wrong (the soft loss alone forgives a count that is off by one); ``referent_weight`` x
+    log P(every set the program reads as one object holds exactly one), as CLEVR's engine asks only questions
+    whose references are unique (a chain "left of the sphere behind the cube" read where the words mean "left of
+    the sphere and behind the cube" usually needs a reference that is not)."""
+
+    length_prior: float = 0.0
+    wrong_answer_cost: float = 0.0
+    referent_weight: float = 0.0
+
+    def log_weight(
+        self, loss: Tensor, correct: Tensor, nodes: Tensor, referent_logp: Tensor | None
+    ) -> Tensor:
+        """(C,) detached log-weight of each candidate apart from the parser's probability."""
+        w = -loss.detach() - self.length_prior * nodes - self.wrong_answer_cost * (~correct).to(loss.dtype)
+        if self.referent_weight and referent_logp is not None:
+            w = w + self.referent_weight * referent_logp.to(loss.dtype)
+        return w
+
+
 def em_step(
     parser: Parser,
     scene: SceneLogits,
@@ -161,7 +186,7 @@ def em_step(
     opt: torch.optim.Optimizer,
     lesson: Lesson,
     compiler: Compiler,
-    length_prior: float = 0.0,
+    evidence: Evidence = Evidence(),
     grad_clip: float = 5.0,
     keep: int = 0,
 ) -> dict[str, Any]:
@@ -177,14 +202,14 @@ def em_step(
         return {"loss": 0.0, "acc": 0.0, "n": 0, "candidates": 0.0, "rewarded": []}
     n_cands, n_q = len(flat), len(set(q_of))
     parser.train(lesson.parser)
-    out, _ = run_programs(flat, [rows[i] for i in q_of], scene, domain, False, compiler)
+    referents = evidence.referent_weight > 0
+    out, _ = run_programs(flat, [rows[i] for i in q_of], scene, domain, False, compiler, referents)
     tgt = answer_targets([examples[i].answer for i in q_of], domain, scene.mask.device)  # type: ignore[misc]
     loss_c, correct_c, _ = qa_loss(out, tgt)  # (C,)
-    # Posterior: parser probability x answer likelihood x a simplicity prior (length_prior nats per node), which
-    # breaks ties between programs the answers cannot tell apart (an equality of attributes read as "is there a
-    # thing of the same colour") in favour of the shorter.
+    # Posterior: the parser's probability x the evidence (answer, simplicity, references; see Evidence).
     nodes = torch.tensor([float(len(c)) for c in flat], device=loss_c.device)
-    prior = (-loss_c.detach() - length_prior * nodes).tolist()
+    evid = evidence.log_weight(loss_c, correct_c, nodes, out.referent_logp)  # (C,)
+    prior = evid.tolist()
     sel = list(range(n_cands))
     if keep > 0 and lesson.parser and n_cands > keep * n_q:
         sel = _top_per_question(q_of, prior, 3 * keep)  # the answer and the prior first: no parser needed
@@ -211,12 +236,12 @@ def em_step(
         chosen, items = [chosen[k] for k in best], [items[k] for k in best]
     flat, q_of = [flat[c] for c in chosen], [q_of[c] for c in chosen]
     idx = torch.tensor(chosen, device=loss_c.device)
-    loss_c, correct_c, nodes = loss_c[idx], correct_c[idx], nodes[idx]
+    loss_c, correct_c, evid = loss_c[idx], correct_c[idx], evid[idx]
     q = torch.tensor(q_of, device=loss_c.device)
     Q = len(examples)
     with torch.set_grad_enabled(lesson.parser):
         nll_c = program_nll(parser, collate(items, parser.grammar.num_fixed)).to(loss_c.device)  # (C,)
-    score = (-nll_c - loss_c - length_prior * nodes).detach()
+    score = (-nll_c).detach() + evid
     best = torch.full((Q,), -torch.inf, device=score.device).scatter_reduce(0, q, score, "amax")
     w = torch.exp(score - best[q])
     w = w / torch.zeros(Q, device=w.device).index_add(0, q, w)[q]  # posterior within each question
@@ -294,6 +319,7 @@ def fit_from_answers(
         opt = make_optimizer(list(model.parameters()) + list(parser.parameters()), cfg.lr, cfg.weight_decay)
         cands = Candidates(parser, SearchLimits(max_expansions=pcfg.search_expansions), pcfg.search_slack)
         compiler = Compiler(domain)
+        evidence = Evidence(pcfg.length_prior, pcfg.wrong_answer_cost, pcfg.referent_weight)
         epoch, done, total = 0, 0, sum(x.epochs for x in lessons)
         if resume:
             done = _resume(resume, cfg, model, parser, opt, cands)
@@ -333,7 +359,7 @@ def fit_from_answers(
                     scene = perceive(model, images.to(device), boxes.to(device), mask.to(device), lesson)
                     s = em_step(
                         parser, scene, batch, [row_of[e.image_index] for e in batch],
-                        cands.with_proposals(batch, lesson.proposals), opt, lesson, compiler, pcfg.length_prior,
+                        cands.with_proposals(batch, lesson.proposals), opt, lesson, compiler, evidence,
                         pcfg.grad_clip, pcfg.candidates_kept,
                     )  # fmt: skip
                     if lesson.proposals:
