@@ -5,12 +5,11 @@ concepts and the parser learn together, and no program annotation is read anywhe
 Each training question gets candidate programs built from its own words (:mod:`nscl.models.program_search`: typed
 programs that use every concept, relation and attribute word once and give the kind of answer that the answer has).
 One step perceives a batch of images, runs every candidate on the executor, and weighs each question's candidates by
-their posterior, the parser's probability times the evidence (:class:`Evidence`: the answer's likelihood, a
-penalty for a wrong answer, a simplicity prior and the probability that its references are unique; detached),
-``p(c | q) * exp(-QA loss - wrong_cost * wrong - length_prior * nodes) * P(unique references)``. Perception and concepts descend the weighted
-QA loss, the parser the weighted negative log-likelihood: an EM step on the marginal likelihood of the answer. A long
-question has tens of candidates; each step learns from its ``candidates_kept`` most probable (ranked by the answer
-and the prior, then by the parser scored without gradients).
+their posterior, the parser's probability times the evidence (:class:`Evidence`; detached):
+``p(c | q) * exp(-QA loss - wrong_answer_cost * wrong - length_prior * nodes) * P(unique references)``. The parser
+descends the weighted negative log-likelihood, perception and concepts the QA loss weighted without the wrong-answer
+cost: an EM step on the marginal likelihood of the answer. A long question has tens of candidates; each step learns
+from its ``candidates_kept`` most probable (ranked by the evidence, then by the parser scored without gradients).
 
 Lessons (``parser.lessons``: ``[epochs, max objects, max question words, train perception, train parser]``) select
 questions by what a user has (the number of boxes, the number of words) and say which parts learn, as the paper's
@@ -161,7 +160,8 @@ class Evidence:
     candidate's answer is wrong (the soft loss alone forgives a count that is off by one); ``referent_weight`` x
     log P(every set the program reads as one object holds exactly one), as CLEVR's engine asks only questions
     whose references are unique (a chain "left of the sphere behind the cube" read where the words mean "left of
-    the sphere and behind the cube" usually needs a reference that is not)."""
+    the sphere and behind the cube" usually needs a reference that is not). The wrong-answer cost weighs the
+    parser's targets only: perception learns from the candidates with it left out (em_step)."""
 
     length_prior: float = 0.0
     wrong_answer_cost: float = 0.0
@@ -241,16 +241,18 @@ def em_step(
     Q = len(examples)
     with torch.set_grad_enabled(lesson.parser):
         nll_c = program_nll(parser, collate(items, parser.grammar.num_fixed)).to(loss_c.device)  # (C,)
-    score = (-nll_c).detach() + evid
-    best = torch.full((Q,), -torch.inf, device=score.device).scatter_reduce(0, q, score, "amax")
-    w = torch.exp(score - best[q])
-    w = w / torch.zeros(Q, device=w.device).index_add(0, q, w)[q]  # posterior within each question
+    # The parser's weights judge each answer right or wrong (Evidence.wrong_answer_cost); perception's forgive a
+    # wrong one: a program perception still answers wrong is exactly what perception must learn from.
+    w_parser = _posterior(q, Q, (-nll_c).detach() + evid)
+    w_seen = _posterior(
+        q, Q, (-nll_c).detach() + evid + evidence.wrong_answer_cost * (~correct_c).to(evid.dtype)
+    )
     n_q = len(set(q_of))
     loss = loss_c.new_zeros(())
     if lesson.perception:
-        loss = loss + (w * loss_c).sum() / n_q
+        loss = loss + (w_seen * loss_c).sum() / n_q
     if lesson.parser:
-        loss = loss + (w * nll_c).sum() / n_q
+        loss = loss + (w_parser * nll_c).sum() / n_q
     if loss.requires_grad:
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -268,6 +270,13 @@ def em_step(
         "candidates": n_cands / n_q,
         "rewarded": [(q_of[c], flat[c]) for c in torch.nonzero(correct_c).flatten().tolist()],
     }
+
+
+def _posterior(q: Tensor, n: int, score: Tensor) -> Tensor:
+    """(C,) softmax of ``score`` within each question (``q``: each candidate's question, of ``n``)."""
+    best = torch.full((n,), -torch.inf, device=score.device).scatter_reduce(0, q, score, "amax")
+    w = torch.exp(score - best[q])
+    return w / torch.zeros(n, device=w.device).index_add(0, q, w)[q]
 
 
 def _top_per_question(q_of: Sequence[int], score: Sequence[float], keep: int) -> list[int]:
