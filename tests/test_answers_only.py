@@ -362,3 +362,28 @@ def test_evidence_weighs_the_answer_the_length_and_the_references():
     assert torch.allclose(
         Evidence(0.5).log_weight(loss, correct, nodes, None), torch.tensor([-2.6, -2.3, -3.7])
     )
+    # referent_free forgives that many nats of the references' log-probability: -0.1 and -0.2 cost nothing.
+    forgiving = Evidence(1.0, 20.0, 1.0, 0.5).log_weight(loss, correct, nodes, ref)
+    assert torch.allclose(forgiving, torch.tensor([-5.1, -24.3, -8.7]))
+
+
+def test_wording_that_asks_existence_gives_only_existence_candidates(domain, grammar):
+    from nscl.language import asked_answer, asks_existence
+    from nscl.models.program_search import AnswerShape, search_programs
+
+    g, lex = grammar
+    text = "Does any other cube match the ball in size?"
+    tokens = tokenize(text)
+    q = g.question_info(tokens, lex, text)
+    words = lex.attributes, lex.concepts
+    assert asks_existence(tokens, *words)
+    free = search_programs(
+        g, q, AnswerShape.of(domain, "yes", asked_answer(tokens, *words)), SearchLimits(), 2
+    )
+    held = search_programs(
+        g, q, AnswerShape.of(domain, "yes", asked_answer(tokens, *words), True), SearchLimits(), 2
+    )
+    finals = {p.final_op for p in free.programs}
+    assert "exist" in finals and len(finals) > 1  # without the rule, other readings (an equality) compete
+    assert held.programs and {p.final_op for p in held.programs} == {"exist"}
+    assert set(held.programs) <= set(free.programs)

@@ -16,6 +16,7 @@ from nscl.language import (
     COUNT_ANSWER,
     Correction,
     asked_answer,
+    asks_existence,
     correct,
     known_inflection,
     may_name_a_thing,
@@ -202,6 +203,49 @@ def test_asked_answer_names_every_comparison_of_our_templates():
             assert asked(text) == want, text
             n += 1
     assert n > 100
+
+
+@pytest.mark.parametrize(
+    "text, exists",
+    [
+        ("Is there a red cube?", True),
+        ("Are there any other things of the same size as the ball?", True),
+        ("Does any other cube match the ball in size?", True),
+        ("Is there anything else that is red?", True),
+        ("There is a cube; is there another sphere of the same colour?", True),
+        ("Does the cube match the ball in size?", False),  # an equality of two things' attributes
+        ("Are there more cubes than balls?", False),  # a comparison of counts
+        ("How many cubes are there?", False),
+        ("What colour is the other cube?", False),  # not a yes/no question
+    ],
+)
+def test_asks_existence(text, exists):
+    assert asks_existence(question_tokens(text), LEX.attributes, LEX.concepts) == exists
+
+
+@pytest.mark.parametrize("source", ["ours", "clevr"])
+def test_asks_existence_is_said_only_by_existence_templates(source):
+    """Every phrasing it flags, in our templates and CLEVR's (when ../shared/clevr is there), belongs to a template
+    whose program ends in exist; it flags most of them (72% of ours, all of CLEVR's)."""
+    if source == "ours":
+        root = Path(str(resources.files("nscl").joinpath("generate", "templates")))
+    else:
+        root = Path(__file__).resolve().parents[2] / "shared" / "clevr" / "templates"
+        if not root.is_dir():
+            pytest.skip(f"CLEVR's templates not found at {root}")
+    flagged = exist_phrasings = 0
+    for f in sorted(root.glob("*.json")):
+        for t in json.loads(f.read_text(encoding="utf-8")):
+            ends_in_exist = t["nodes"][-1]["type"].endswith("exist")
+            for text in t["text"]:
+                said = asks_existence(question_tokens(text), LEX.attributes, LEX.concepts)
+                assert not said or ends_in_exist, (f.name, text)
+                flagged += said
+                exist_phrasings += ends_in_exist
+    assert flagged >= (exist_phrasings if source == "clevr" else 0.7 * exist_phrasings), (
+        flagged,
+        exist_phrasings,
+    )
 
 
 def test_known_inflection_only_for_verbs():

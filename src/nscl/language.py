@@ -358,3 +358,22 @@ def asked_answer(
             return named.pop() if len(named) == 1 else None
     return None
     return None
+
+
+_EXISTENCE_WORDS = frozenset({"any", "anything", "another", "other", "else"})
+
+
+def asks_existence(
+    tokens: Sequence[str], attribute_words: Mapping[str, str], concept_words: Collection[str]
+) -> bool:
+    """Whether a yes/no question plainly asks if something exists: its last clause (as :func:`asked_answer` reads
+    it) has "there" after the opening verb ("is there", "are there") or says "any", "another", "other", "else"
+    ("does any other cube match the ball in size"), and compares no counts. An equality of two things' attributes
+    ("does the cube match the ball in size") never says so; questions that ask it without these words ("does the
+    big cube have a match in colour among the balls") are not caught."""
+    if asked_answer(tokens, attribute_words, concept_words) != BOOL_ANSWER:
+        return False
+    clause = list(tokens)
+    breaks = [i for i, t in enumerate(clause) if t in _CLAUSE_BREAKS]
+    clause = [t for t in clause[breaks[-1] + 1 if breaks else 0 :] if t.isalnum()]
+    return clause[1:2] == ["there"] or bool(_EXISTENCE_WORDS.intersection(clause))

@@ -89,6 +89,12 @@ class ParserTrainConfig:
     # hold one object each) (training/answers_only.Evidence)
     wrong_answer_cost: float = 20.0
     referent_weight: float = 1.0
+    # nats of that log-probability forgiven (log 2: references each holding one object with probability 0.5 or
+    # more cost nothing, so a program is not held back for reading more references), and whether a yes/no question
+    # worded as "is there ...", "any other ..." gets only candidates that ask if something exists
+    # (language.asks_existence)
+    referent_free: float = 0.0
+    wording_exists: bool = False
     # Candidates per question that the parser and perception learn from in a step: the most probable under the
     # posterior, scored first without gradients (0: all). Long questions have tens of candidates.
     candidates_kept: int = 4
@@ -100,7 +106,7 @@ class ParserTrainConfig:
             raise ConfigError(f"parser.min_referent_p must be in [0, 1), not {self.min_referent_p}")
         if self.guided_beam < 0:
             raise ConfigError(f"parser.guided_beam must be >= 0, not {self.guided_beam}")
-        for name in ("length_prior", "wrong_answer_cost", "referent_weight"):
+        for name in ("length_prior", "wrong_answer_cost", "referent_weight", "referent_free"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"parser.{name} must be >= 0, not {getattr(self, name)}")
         if self.self_train_epochs < 0 or self.self_train_rounds < 0:

@@ -57,15 +57,20 @@ class AnswerShape:
 
     output: str
     attribute: int = -1
-    root_op: str | None = None  # the wording names the comparison ("more ... than": count_greater)
+    root_op: str | None = (
+        None  # the wording names the root ("more ... than": count_greater; "is there": exist)
+    )
 
     @classmethod
-    def of(cls, domain: Domain, answer: str, asked: str | None = None) -> AnswerShape:
+    def of(cls, domain: Domain, answer: str, asked: str | None = None, exists: bool = False) -> AnswerShape:
         """From a normalised answer and, optionally, what the wording asks (:func:`nscl.language.asked_answer`;
-        only a named comparison of counts is used)."""
+        only a named comparison of counts is used) and whether it asks if something exists
+        (:func:`nscl.language.asks_existence`: the root is ``exist``)."""
         t = domain.answer_type(answer)
         if t == BOOL:
-            return cls(t, root_op=asked if asked in (MORE, FEWER, AS_MANY) else None)
+            if asked in (MORE, FEWER, AS_MANY):
+                return cls(t, root_op=asked)
+            return cls(t, root_op="exist" if exists and "exist" in domain.nscl_ops else None)
         if t == INTEGER:
             return cls(t)
         attr = domain.attribute_of_concept(answer)

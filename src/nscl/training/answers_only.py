@@ -42,7 +42,7 @@ from ..inference.examples import ParserExample, examples_from_questions, image_b
 from ..inference.execute import answer_targets, run_programs
 from ..inference.guided import WordingCheck
 from ..inference.scenes import ModelScenes
-from ..language import asked_answer
+from ..language import asked_answer, asks_existence
 from ..losses import qa_loss
 from ..models.executor import Compiler, SceneLogits
 from ..models.nscl import NSCL
@@ -92,8 +92,10 @@ class Candidates:
     relation and attribute words are, and the answer's shape), so a question phrased like one already searched
     reads its candidates off that search's action sequences."""
 
-    def __init__(self, parser: Parser, limits: SearchLimits, slack: int) -> None:
-        self.parser, self.limits, self.slack = parser, limits, slack
+    def __init__(
+        self, parser: Parser, limits: SearchLimits, slack: int, wording_exists: bool = False
+    ) -> None:
+        self.parser, self.limits, self.slack, self.wording_exists = parser, limits, slack, wording_exists
         self.searches: dict[tuple, list[tuple[int, ...]]] = {}
         self.programs: dict[tuple[str, str | None], list[Program]] = {}  # (question, answer) -> candidates
         self.memory: dict[int, dict[Program, None]] = {}  # question index -> proposals that answered right
@@ -133,9 +135,9 @@ class Candidates:
             return []
         q = enc.info[0]
         tokens = list(q.tokens)
-        shape = AnswerShape.of(
-            p.domain, e.answer, asked_answer(tokens, p.lexicon.attributes, p.lexicon.concepts)
-        )
+        words = p.lexicon.attributes, p.lexicon.concepts
+        exists = self.wording_exists and asks_existence(tokens, *words)
+        shape = AnswerShape.of(p.domain, e.answer, asked_answer(tokens, *words), exists)
         key = signature(q, shape)
         actions = self.searches.get(key)
         if actions is None:
@@ -166,6 +168,7 @@ class Evidence:
     length_prior: float = 0.0
     wrong_answer_cost: float = 0.0
     referent_weight: float = 0.0
+    referent_free: float = 0.0  # nats of the references' log-probability forgiven (``parser.referent_free``)
 
     def log_weight(
         self, loss: Tensor, correct: Tensor, nodes: Tensor, referent_logp: Tensor | None
@@ -173,7 +176,8 @@ class Evidence:
         """(C,) detached log-weight of each candidate apart from the parser's probability."""
         w = -loss.detach() - self.length_prior * nodes - self.wrong_answer_cost * (~correct).to(loss.dtype)
         if self.referent_weight and referent_logp is not None:
-            w = w + self.referent_weight * referent_logp.to(loss.dtype)
+            below = (referent_logp.to(loss.dtype) + self.referent_free).clamp(max=0.0)
+            w = w + self.referent_weight * below
         return w
 
 
@@ -326,9 +330,16 @@ def fit_from_answers(
         model = NSCL(domain, cfg.model).to(device)
         parser = Parser(domain, build_vocab(train_ex), pcfg.model).to(device)
         opt = make_optimizer(list(model.parameters()) + list(parser.parameters()), cfg.lr, cfg.weight_decay)
-        cands = Candidates(parser, SearchLimits(max_expansions=pcfg.search_expansions), pcfg.search_slack)
+        cands = Candidates(
+            parser,
+            SearchLimits(max_expansions=pcfg.search_expansions),
+            pcfg.search_slack,
+            pcfg.wording_exists,
+        )
         compiler = Compiler(domain)
-        evidence = Evidence(pcfg.length_prior, pcfg.wrong_answer_cost, pcfg.referent_weight)
+        evidence = Evidence(
+            pcfg.length_prior, pcfg.wrong_answer_cost, pcfg.referent_weight, pcfg.referent_free
+        )
         epoch, done, total = 0, 0, sum(x.epochs for x in lessons)
         if resume:
             done = _resume(resume, cfg, model, parser, opt, cands)
