@@ -3,13 +3,13 @@ program, how often the EM step's choice is the true program, and how often the p
 programs are read only to score this.
 
     .venv/bin/python benchmarks/em_targets.py --load RUN/checkpoint_last.pth --data-dir data/demo/train-set/train
-        [--questions 2000] [--referent-free NATS] [--wording-exists 0|1]
+        [--questions 2000] [--referent-free NATS] [--wording-roots 0|1]
 
 The choice is each question's candidate of highest posterior (the checkpoint's parser times the evidence of
 ``training/answers_only.Evidence``, perceived by the checkpoint's model), once with the checkpoint's settings and once
 with the answer's soft likelihood and the length prior alone (``wrong_answer_cost`` and ``referent_weight`` 0), so
 that the two weighings are compared on the same parser and perception (``--referent-free`` and
-``--wording-exists`` override the checkpoint's settings, to weigh a change before a run). Prints, per question type: questions, share
+``--wording-roots`` override the checkpoint's settings, to weigh a change before a run). Prints, per question type: questions, share
 with candidates, share whose candidates hold the true program ("held"), the true program's answer right ("true
 right"), the choice under both weighings and the parser's free parse equal to the true program; with the CPU model.
 """
@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--referent-free", type=float, default=None, help="override parser.referent_free")
     ap.add_argument(
-        "--wording-exists", type=int, choices=(0, 1), default=None, help="override parser.wording_exists"
+        "--wording-roots", type=int, choices=(0, 1), default=None, help="override parser.wording_roots"
     )
     args = ap.parse_args()
     from machine import machine_line
@@ -56,8 +56,8 @@ def main() -> None:
     model, parser, domain, pcfg = ck.model, ck.parser, ck.domain, ck.config.parser
     if args.referent_free is not None:
         pcfg = replace(pcfg, referent_free=args.referent_free)
-    if args.wording_exists is not None:
-        pcfg = replace(pcfg, wording_exists=bool(args.wording_exists))
+    if args.wording_roots is not None:
+        pcfg = replace(pcfg, wording_roots=bool(args.wording_roots))
     assert model is not None and parser is not None
     split = load_split(SplitPaths.resolve(args.data_dir), domain)
     ds = QADataset(split, domain, ck.config.image_height, False)
@@ -70,7 +70,7 @@ def main() -> None:
         "soft": Evidence(pcfg.length_prior),
     }
     cands = Candidates(
-        parser, SearchLimits(max_expansions=pcfg.search_expansions), pcfg.search_slack, pcfg.wording_exists
+        parser, SearchLimits(max_expansions=pcfg.search_expansions), pcfg.search_slack, pcfg.wording_roots
     )
     compiler = Compiler(domain)
     stats: dict[str, Counter] = defaultdict(Counter)
@@ -115,7 +115,7 @@ def main() -> None:
     seconds = time.time() - t0
     cols = ["with candidates", "held", "true right", "choice (soft)", "choice (settings)", "free parse"]
     print(f"# {machine_line()}; {len(examples)} questions of {args.data_dir}, {seconds:.0f} s")
-    print(f"# settings: {weighings['settings']}, wording_exists={pcfg.wording_exists}")
+    print(f"# settings: {weighings['settings']}, wording_roots={pcfg.wording_roots}")
     print("| type | questions | " + " | ".join(cols) + " |")
     print("| --- " * (len(cols) + 2) + "|")
     total: Counter = Counter()

@@ -387,3 +387,20 @@ def test_wording_that_asks_existence_gives_only_existence_candidates(domain, gra
     assert "exist" in finals and len(finals) > 1  # without the rule, other readings (an equality) compete
     assert held.programs and {p.final_op for p in held.programs} == {"exist"}
     assert set(held.programs) <= set(free.programs)
+
+
+def test_a_yes_no_question_that_names_no_comparison_gets_no_comparison_candidates(domain, grammar):
+    from nscl.language import asked_answer
+    from nscl.models.program_search import AnswerShape, search_programs
+
+    g, lex = grammar
+    text = "Find the block left of the red ball; does the gray thing match it in size?"
+    tokens = tokenize(text)
+    q = g.question_info(tokens, lex, text)
+    asked = asked_answer(tokens, lex.attributes, lex.concepts)
+    free = search_programs(g, q, AnswerShape.of(domain, "no", asked), SearchLimits(), 2)
+    strict = search_programs(g, q, AnswerShape.of(domain, "no", asked, strict=True), SearchLimits(), 2)
+    comparisons = {"count_greater", "count_less", "count_equal"}
+    assert comparisons & {p.final_op for p in free.programs}  # counts compared: answers alone allow it
+    assert strict.programs and not comparisons & {p.final_op for p in strict.programs}
+    assert "query_attribute_equal" in {p.final_op for p in strict.programs}

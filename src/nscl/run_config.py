@@ -89,12 +89,12 @@ class ParserTrainConfig:
     # hold one object each) (training/answers_only.Evidence)
     wrong_answer_cost: float = 20.0
     referent_weight: float = 1.0
-    # nats of that log-probability forgiven (log 2: references each holding one object with probability 0.5 or
-    # more cost nothing, so a program is not held back for reading more references), and whether a yes/no question
-    # worded as "is there ...", "any other ..." gets only candidates that ask if something exists
-    # (language.asks_existence)
+    # nats of that log-probability forgiven (log 2 = 0.69: references all holding one object with probability 0.5
+    # or more cost nothing, so a program is not held back for reading more of them); and whether the wording fixes
+    # a yes/no question's root: "is there ...", "any other ..." ask if something exists (language.asks_existence),
+    # and one that names no comparison of counts compares none
     referent_free: float = 0.0
-    wording_exists: bool = False
+    wording_roots: bool = False
     # Candidates per question that the parser and perception learn from in a step: the most probable under the
     # posterior, scored first without gradients (0: all). Long questions have tens of candidates.
     candidates_kept: int = 4

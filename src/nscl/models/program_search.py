@@ -57,20 +57,28 @@ class AnswerShape:
 
     output: str
     attribute: int = -1
-    root_op: str | None = (
-        None  # the wording names the root ("more ... than": count_greater; "is there": exist)
-    )
+    # the wording names the root ("more ... than": count_greater; "is there": exist), or rules some out (a yes/no
+    # question that compares no counts)
+    root_op: str | None = None
+    not_roots: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, domain: Domain, answer: str, asked: str | None = None, exists: bool = False) -> AnswerShape:
+    def of(
+        cls, domain: Domain, answer: str, asked: str | None = None, exists: bool = False, strict: bool = False
+    ) -> AnswerShape:
         """From a normalised answer and, optionally, what the wording asks (:func:`nscl.language.asked_answer`;
         only a named comparison of counts is used) and whether it asks if something exists
-        (:func:`nscl.language.asks_existence`: the root is ``exist``)."""
+        (:func:`nscl.language.asks_existence`: the root is ``exist``). ``strict``: a yes/no question whose wording
+        names no comparison of counts compares none (``asked_answer`` names the comparison of every comparison
+        phrasing of our templates and CLEVR's)."""
         t = domain.answer_type(answer)
         if t == BOOL:
             if asked in (MORE, FEWER, AS_MANY):
                 return cls(t, root_op=asked)
-            return cls(t, root_op="exist" if exists and "exist" in domain.nscl_ops else None)
+            not_roots = tuple(o for o in (MORE, FEWER, AS_MANY) if o in domain.nscl_ops) if strict else ()
+            return cls(
+                t, root_op="exist" if exists and "exist" in domain.nscl_ops else None, not_roots=not_roots
+            )
         if t == INTEGER:
             return cls(t)
         attr = domain.attribute_of_concept(answer)
@@ -80,6 +88,8 @@ class AnswerShape:
         """Whether ``program``'s answer has this shape's kind (and, for a query, its attribute)."""
         last = program.nodes[-1]
         if domain.nscl_ops[last.op].output != self.output or (self.root_op and last.op != self.root_op):
+            return False
+        if last.op in self.not_roots:
             return False
         return self.attribute < 0 or last.attribute == domain.attribute_names[self.attribute]
 
@@ -223,7 +233,10 @@ class _Chart:
         self.no_filter = [o in _NO_FILTER_UNDER for o in ops]
         self.symmetric = [o in _SYMMETRIC for o in ops]
         self.root_ok = [
-            g.domain.nscl_ops[o].output == shape.output and shape.root_op in (None, o) for o in ops
+            g.domain.nscl_ops[o].output == shape.output
+            and shape.root_op in (None, o)
+            and o not in shape.not_roots
+            for o in ops
         ]
         # Pointer actions of each chunk in each role.
         self.pointers = [

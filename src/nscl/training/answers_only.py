@@ -92,10 +92,8 @@ class Candidates:
     relation and attribute words are, and the answer's shape), so a question phrased like one already searched
     reads its candidates off that search's action sequences."""
 
-    def __init__(
-        self, parser: Parser, limits: SearchLimits, slack: int, wording_exists: bool = False
-    ) -> None:
-        self.parser, self.limits, self.slack, self.wording_exists = parser, limits, slack, wording_exists
+    def __init__(self, parser: Parser, limits: SearchLimits, slack: int, wording_roots: bool = False) -> None:
+        self.parser, self.limits, self.slack, self.wording_roots = parser, limits, slack, wording_roots
         self.searches: dict[tuple, list[tuple[int, ...]]] = {}
         self.programs: dict[tuple[str, str | None], list[Program]] = {}  # (question, answer) -> candidates
         self.memory: dict[int, dict[Program, None]] = {}  # question index -> proposals that answered right
@@ -136,8 +134,8 @@ class Candidates:
         q = enc.info[0]
         tokens = list(q.tokens)
         words = p.lexicon.attributes, p.lexicon.concepts
-        exists = self.wording_exists and asks_existence(tokens, *words)
-        shape = AnswerShape.of(p.domain, e.answer, asked_answer(tokens, *words), exists)
+        exists = self.wording_roots and asks_existence(tokens, *words)
+        shape = AnswerShape.of(p.domain, e.answer, asked_answer(tokens, *words), exists, self.wording_roots)
         key = signature(q, shape)
         actions = self.searches.get(key)
         if actions is None:
@@ -334,7 +332,7 @@ def fit_from_answers(
             parser,
             SearchLimits(max_expansions=pcfg.search_expansions),
             pcfg.search_slack,
-            pcfg.wording_exists,
+            pcfg.wording_roots,
         )
         compiler = Compiler(domain)
         evidence = Evidence(
