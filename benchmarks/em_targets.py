@@ -3,12 +3,12 @@ program, how often the EM step's choice is the true program, and how often the p
 programs are read only to score this.
 
     .venv/bin/python benchmarks/em_targets.py --load RUN/checkpoint_last.pth --data-dir data/demo/train-set/train
-        [--questions 2000] [--referent-free NATS] [--wording-roots 0|1]
+        [--questions 2000] [--wrong-answer-cost NATS] [--referent-free NATS] [--wording-roots 0|1]
 
 The choice is each question's candidate of highest posterior (the checkpoint's parser times the evidence of
 ``training/answers_only.Evidence``, perceived by the checkpoint's model), once with the checkpoint's settings and once
 with the answer's soft likelihood and the length prior alone (``wrong_answer_cost`` and ``referent_weight`` 0), so
-that the two weighings are compared on the same parser and perception (``--referent-free`` and
+that the two weighings are compared on the same parser and perception (``--wrong-answer-cost``, ``--referent-free`` and
 ``--wording-roots`` override the checkpoint's settings, to weigh a change before a run). Prints, per question type: questions, share
 with candidates, share whose candidates hold the true program ("held"), the true program's answer right ("true
 right"), the choice under both weighings and the parser's free parse equal to the true program; with the CPU model.
@@ -44,6 +44,7 @@ def main() -> None:
     )
     ap.add_argument("--questions", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--wrong-answer-cost", type=float, default=None, help="override parser.wrong_answer_cost")
     ap.add_argument("--referent-free", type=float, default=None, help="override parser.referent_free")
     ap.add_argument(
         "--wording-roots", type=int, choices=(0, 1), default=None, help="override parser.wording_roots"
@@ -54,6 +55,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     ck = load(args.load, "cpu", need_model=True, need_parser=True)
     model, parser, domain, pcfg = ck.model, ck.parser, ck.domain, ck.config.parser
+    if args.wrong_answer_cost is not None:
+        pcfg = replace(pcfg, wrong_answer_cost=args.wrong_answer_cost)
     if args.referent_free is not None:
         pcfg = replace(pcfg, referent_free=args.referent_free)
     if args.wording_roots is not None:
