@@ -32,7 +32,6 @@ from nscl.inference.load import load
 from nscl.losses import qa_loss
 from nscl.models.executor import Compiler
 from nscl.models.parser_targets import collate, program_nll, targets_of
-from nscl.models.program_search import SearchLimits
 from nscl.training.answers_only import Candidates, Evidence
 
 
@@ -67,14 +66,10 @@ def main() -> None:
     examples = [e for e in examples_from_questions(split.questions, domain) if e.answer is not None]
     examples = examples[: args.questions]
     weighings = {
-        "settings": Evidence(
-            pcfg.length_prior, pcfg.wrong_answer_cost, pcfg.referent_weight, pcfg.referent_free
-        ),
+        "settings": Evidence.from_config(pcfg),
         "soft": Evidence(pcfg.length_prior),
     }
-    cands = Candidates(
-        parser, SearchLimits(max_expansions=pcfg.search_expansions), pcfg.search_slack, pcfg.wording_roots
-    )
+    cands = Candidates.from_config(parser, pcfg)
     compiler = Compiler(domain)
     stats: dict[str, Counter] = defaultdict(Counter)
     by_image: dict[int, list] = defaultdict(list)

@@ -171,25 +171,34 @@ def _final_kind(node_type: str) -> str:
     return BOOL_ANSWER
 
 
-@pytest.mark.parametrize("source", ["ours", "clevr"])
-def test_asked_answer_never_contradicts_a_template(source):
-    """Every phrasing of every template (ours; CLEVR's own when ../shared/clevr is there): the wording's kind,
-    where it says one, is the kind the template's program answers."""
+def _template_phrasings(source: str) -> list[tuple[str, str, str]]:
+    """(file name, the program's last node type, phrasing) of every template phrasing: ours, or CLEVR's own from
+    ../shared/clevr (the test skips when it is not there)."""
     if source == "ours":
         root = Path(str(resources.files("nscl").joinpath("generate", "templates")))
     else:
         root = Path(__file__).resolve().parents[2] / "shared" / "clevr" / "templates"
         if not root.is_dir():
             pytest.skip(f"CLEVR's templates not found at {root}")
+    return [
+        (f.name, t["nodes"][-1]["type"], text)
+        for f in sorted(root.glob("*.json"))
+        for t in json.loads(f.read_text(encoding="utf-8"))
+        for text in t["text"]
+    ]
+
+
+@pytest.mark.parametrize("source", ["ours", "clevr"])
+def test_asked_answer_never_contradicts_a_template(source):
+    """Every phrasing of every template (ours; CLEVR's own when ../shared/clevr is there): the wording's kind,
+    where it says one, is the kind the template's program answers."""
     said = 0
-    for f in sorted(root.glob("*.json")):
-        for t in json.loads(f.read_text(encoding="utf-8")):
-            want = _final_kind(t["nodes"][-1]["type"])
-            for text in t["text"]:
-                got = asked(text)
-                ok = got in (None, want) or (got == BOOL_ANSWER and want in _COMPARE.values())
-                assert ok, (f.name, text, got, want)
-                said += got is not None
+    for name, final, text in _template_phrasings(source):
+        want = _final_kind(final)
+        got = asked(text)
+        ok = got in (None, want) or (got == BOOL_ANSWER and want in _COMPARE.values())
+        assert ok, (name, text, got, want)
+        said += got is not None
     assert said > 200  # the rule speaks for most phrasings
 
 
@@ -227,21 +236,13 @@ def test_asks_existence(text, exists):
 def test_asks_existence_is_said_only_by_existence_templates(source):
     """Every phrasing it flags, in our templates and CLEVR's (when ../shared/clevr is there), belongs to a template
     whose program ends in exist; it flags most of them (72% of ours, all of CLEVR's)."""
-    if source == "ours":
-        root = Path(str(resources.files("nscl").joinpath("generate", "templates")))
-    else:
-        root = Path(__file__).resolve().parents[2] / "shared" / "clevr" / "templates"
-        if not root.is_dir():
-            pytest.skip(f"CLEVR's templates not found at {root}")
     flagged = exist_phrasings = 0
-    for f in sorted(root.glob("*.json")):
-        for t in json.loads(f.read_text(encoding="utf-8")):
-            ends_in_exist = t["nodes"][-1]["type"].endswith("exist")
-            for text in t["text"]:
-                said = asks_existence(question_tokens(text), LEX.attributes, LEX.concepts)
-                assert not said or ends_in_exist, (f.name, text)
-                flagged += said
-                exist_phrasings += ends_in_exist
+    for name, final, text in _template_phrasings(source):
+        ends_in_exist = final.endswith("exist")
+        said = asks_existence(question_tokens(text), LEX.attributes, LEX.concepts)
+        assert not said or ends_in_exist, (name, text)
+        flagged += said
+        exist_phrasings += ends_in_exist
     assert flagged >= (exist_phrasings if source == "clevr" else 0.7 * exist_phrasings), (
         flagged,
         exist_phrasings,

@@ -269,6 +269,12 @@ _FEWER_WORDS = frozenset({"lower", "lesser", "minority"})
 _COMPARED = frozenset({"than", "numerous", "plentiful"})
 
 
+def _last_clause(tokens: Sequence[str]) -> list[str]:
+    """The words (no punctuation) after the last clause break: only the last clause says what is asked."""
+    breaks = [i for i, t in enumerate(tokens) if t in _CLAUSE_BREAKS]
+    return [t for t in tokens[breaks[-1] + 1 if breaks else 0 :] if t.isalnum()]
+
+
 def asked_answer(
     tokens: Sequence[str], attribute_words: Mapping[str, str], concept_words: Collection[str]
 ) -> str | None:
@@ -285,11 +291,7 @@ def asked_answer(
     Only the last clause counts ("There is a cube; what color is it?", after ";", ":" or a dash).
     ``attribute_words`` maps words to attributes (a parser's lexicon); words that also name a concept ("big")
     are not read as attributes."""
-    clause = list(tokens)
-    breaks = [i for i, t in enumerate(clause) if t in _CLAUSE_BREAKS]
-    if breaks:
-        clause = clause[breaks[-1] + 1 :]
-    clause = [t for t in clause if t.isalnum()]
+    clause = _last_clause(tokens)
     if not clause:
         return None
 
@@ -373,7 +375,5 @@ def asks_existence(
     big cube have a match in colour among the balls") are not caught."""
     if asked_answer(tokens, attribute_words, concept_words) != BOOL_ANSWER:
         return False
-    clause = list(tokens)
-    breaks = [i for i, t in enumerate(clause) if t in _CLAUSE_BREAKS]
-    clause = [t for t in clause[breaks[-1] + 1 if breaks else 0 :] if t.isalnum()]
+    clause = _last_clause(tokens)
     return clause[1:2] == ["there"] or bool(_EXISTENCE_WORDS.intersection(clause))

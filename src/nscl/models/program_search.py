@@ -84,12 +84,19 @@ class AnswerShape:
         attr = domain.attribute_of_concept(answer)
         return cls(ATTRIBUTE_VALUE, domain.attribute_names.index(attr.name))
 
+    def allows_root(self, op: str, domain: Domain) -> bool:
+        """Whether a program whose last op is ``op`` can give this answer (its output type; the root the wording
+        names or rules out)."""
+        return (
+            domain.nscl_ops[op].output == self.output
+            and self.root_op in (None, op)
+            and op not in self.not_roots
+        )
+
     def admits(self, program: Program, domain: Domain) -> bool:
         """Whether ``program``'s answer has this shape's kind (and, for a query, its attribute)."""
         last = program.nodes[-1]
-        if domain.nscl_ops[last.op].output != self.output or (self.root_op and last.op != self.root_op):
-            return False
-        if last.op in self.not_roots:
+        if not self.allows_root(last.op, domain):
             return False
         return self.attribute < 0 or last.attribute == domain.attribute_names[self.attribute]
 
@@ -232,12 +239,7 @@ class _Chart:
         self.no_scene = [o in _NO_SCENE_UNDER for o in ops]
         self.no_filter = [o in _NO_FILTER_UNDER for o in ops]
         self.symmetric = [o in _SYMMETRIC for o in ops]
-        self.root_ok = [
-            g.domain.nscl_ops[o].output == shape.output
-            and shape.root_op in (None, o)
-            and o not in shape.not_roots
-            for o in ops
-        ]
+        self.root_ok = [shape.allows_root(o, g.domain) for o in ops]
         # Pointer actions of each chunk in each role.
         self.pointers = [
             (tuple(F + i for i in c.positions) + (self.end,), (F + c.positions[0],)) for c in chunks

@@ -57,7 +57,7 @@ from ..models.program_search import (
     signature,
 )
 from ..program import Program, program_from_str
-from ..run_config import TrainConfig
+from ..run_config import ParserTrainConfig, TrainConfig
 from ..vocab import tokenize
 from .curves import plot_answers_curves
 from .fit_parser import checkpoint_with_parser
@@ -98,6 +98,13 @@ class Candidates:
         self.programs: dict[tuple[str, str | None], list[Program]] = {}  # (question, answer) -> candidates
         self.memory: dict[int, dict[Program, None]] = {}  # question index -> proposals that answered right
         self.fits = WordingCheck(parser.lexicon)
+
+    @classmethod
+    def from_config(cls, parser: Parser, pcfg: ParserTrainConfig) -> Candidates:
+        """The search as ``parser.search_expansions``, ``search_slack`` and ``wording_roots`` set it."""
+        return cls(
+            parser, SearchLimits(max_expansions=pcfg.search_expansions), pcfg.search_slack, pcfg.wording_roots
+        )
 
     def with_proposals(self, batch: Sequence[ParserExample], n_best: int) -> list[list[Program]]:
         """Each question's searched candidates; where there are none, the programs that answered it right before
@@ -168,11 +175,25 @@ class Evidence:
     referent_weight: float = 0.0
     referent_free: float = 0.0  # nats of the references' log-probability forgiven (``parser.referent_free``)
 
+    @classmethod
+    def from_config(cls, pcfg: ParserTrainConfig) -> Evidence:
+        """The evidence as ``parser.length_prior``, ``wrong_answer_cost``, ``referent_weight`` and
+        ``referent_free`` set it."""
+        return cls(pcfg.length_prior, pcfg.wrong_answer_cost, pcfg.referent_weight, pcfg.referent_free)
+
     def log_weight(
-        self, loss: Tensor, correct: Tensor, nodes: Tensor, referent_logp: Tensor | None
+        self,
+        loss: Tensor,
+        correct: Tensor,
+        nodes: Tensor,
+        referent_logp: Tensor | None,
+        judge: bool = True,
     ) -> Tensor:
-        """(C,) detached log-weight of each candidate apart from the parser's probability."""
-        w = -loss.detach() - self.length_prior * nodes - self.wrong_answer_cost * (~correct).to(loss.dtype)
+        """(C,) detached log-weight of each candidate apart from the parser's probability; ``judge=False``
+        leaves the wrong-answer cost out (perception's weights)."""
+        w = -loss.detach() - self.length_prior * nodes
+        if judge:
+            w = w - self.wrong_answer_cost * (~correct).to(loss.dtype)
         if self.referent_weight and referent_logp is not None:
             below = (referent_logp.to(loss.dtype) + self.referent_free).clamp(max=0.0)
             w = w + self.referent_weight * below
@@ -211,6 +232,7 @@ def em_step(
     # Posterior: the parser's probability x the evidence (answer, simplicity, references; see Evidence).
     nodes = torch.tensor([float(len(c)) for c in flat], device=loss_c.device)
     evid = evidence.log_weight(loss_c, correct_c, nodes, out.referent_logp)  # (C,)
+    evid_seen = evidence.log_weight(loss_c, correct_c, nodes, out.referent_logp, judge=False)  # (C,)
     prior = evid.tolist()
     sel = list(range(n_cands))
     if keep > 0 and lesson.parser and n_cands > keep * n_q:
@@ -238,7 +260,7 @@ def em_step(
         chosen, items = [chosen[k] for k in best], [items[k] for k in best]
     flat, q_of = [flat[c] for c in chosen], [q_of[c] for c in chosen]
     idx = torch.tensor(chosen, device=loss_c.device)
-    loss_c, correct_c, evid = loss_c[idx], correct_c[idx], evid[idx]
+    loss_c, correct_c, evid, evid_seen = loss_c[idx], correct_c[idx], evid[idx], evid_seen[idx]
     q = torch.tensor(q_of, device=loss_c.device)
     Q = len(examples)
     with torch.set_grad_enabled(lesson.parser):
@@ -246,9 +268,7 @@ def em_step(
     # The parser's weights judge each answer right or wrong (Evidence.wrong_answer_cost); perception's forgive a
     # wrong one: a program perception still answers wrong is exactly what perception must learn from.
     w_parser = _posterior(q, Q, (-nll_c).detach() + evid)
-    w_seen = _posterior(
-        q, Q, (-nll_c).detach() + evid + evidence.wrong_answer_cost * (~correct_c).to(evid.dtype)
-    )
+    w_seen = _posterior(q, Q, (-nll_c).detach() + evid_seen)
     n_q = len(set(q_of))
     loss = loss_c.new_zeros(())
     if lesson.perception:
@@ -328,16 +348,9 @@ def fit_from_answers(
         model = NSCL(domain, cfg.model).to(device)
         parser = Parser(domain, build_vocab(train_ex), pcfg.model).to(device)
         opt = make_optimizer(list(model.parameters()) + list(parser.parameters()), cfg.lr, cfg.weight_decay)
-        cands = Candidates(
-            parser,
-            SearchLimits(max_expansions=pcfg.search_expansions),
-            pcfg.search_slack,
-            pcfg.wording_roots,
-        )
+        cands = Candidates.from_config(parser, pcfg)
         compiler = Compiler(domain)
-        evidence = Evidence(
-            pcfg.length_prior, pcfg.wrong_answer_cost, pcfg.referent_weight, pcfg.referent_free
-        )
+        evidence = Evidence.from_config(pcfg)
         epoch, done, total = 0, 0, sum(x.epochs for x in lessons)
         if resume:
             done = _resume(resume, cfg, model, parser, opt, cands)
