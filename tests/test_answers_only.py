@@ -404,3 +404,20 @@ def test_a_yes_no_question_that_names_no_comparison_gets_no_comparison_candidate
     assert comparisons & {p.final_op for p in free.programs}  # counts compared: answers alone allow it
     assert strict.programs and not comparisons & {p.final_op for p in strict.programs}
     assert "query_attribute_equal" in {p.final_op for p in strict.programs}
+
+
+def test_a_yes_no_question_without_existence_words_gets_no_existence_candidates(domain, grammar):
+    from nscl.language import asked_answer, may_ask_existence
+    from nscl.models.program_search import AnswerShape, search_programs
+
+    g, lex = grammar
+    text = "Does the cube match the ball in size?"
+    tokens = tokenize(text)
+    q = g.question_info(tokens, lex, text)
+    words = lex.attributes, lex.concepts
+    asked = asked_answer(tokens, *words)
+    assert not may_ask_existence(tokens, *words)
+    free = search_programs(g, q, AnswerShape.of(domain, "yes", asked, strict=True), SearchLimits(), 2)
+    held = search_programs(g, q, AnswerShape.of(domain, "yes", asked, False, strict=True), SearchLimits(), 2)
+    assert "exist" in {p.final_op for p in free.programs}  # "is there another ball of the cube's size"
+    assert held.programs and {p.final_op for p in held.programs} == {"query_attribute_equal"}

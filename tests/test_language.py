@@ -19,6 +19,7 @@ from nscl.language import (
     asks_existence,
     correct,
     known_inflection,
+    may_ask_existence,
     may_name_a_thing,
     near_miss,
     normalize,
@@ -247,6 +248,39 @@ def test_asks_existence_is_said_only_by_existence_templates(source):
         flagged,
         exist_phrasings,
     )
+
+
+@pytest.mark.parametrize(
+    "text, may",
+    [
+        ("Does the cube match the ball in size?", False),  # compares two things' attributes
+        ("Is the red cube the same shape as the ball?", False),
+        ("There is a cube; is it the same colour as the ball?", False),  # only the last clause counts
+        ("Is at least one red cube present?", True),
+        ("Does some red cube exist?", True),
+        ("Does the image show one or more balls?", True),
+        ("Tell me whether some red thing matches the ball in size.", True),
+        ("Are there more cubes than balls?", True),  # a comparison of counts: not a plain yes/no
+        ("What colour is the cube?", True),  # not a yes/no question: it cannot tell
+    ],
+)
+def test_may_ask_existence(text, may):
+    assert may_ask_existence(question_tokens(text), LEX.attributes, LEX.concepts) is may
+
+
+@pytest.mark.parametrize("source", ["ours", "clevr"])
+def test_may_ask_existence_rules_out_only_what_no_existence_template_says(source):
+    """The learner from answers alone relies on this: a plain yes/no phrasing it rules out never belongs to a
+    template whose program ends in exist, and it rules out every other yes/no phrasing."""
+    plain = 0
+    for name, final, text in _template_phrasings(source):
+        tokens = question_tokens(text)
+        may = may_ask_existence(tokens, LEX.attributes, LEX.concepts)
+        assert may or not final.endswith("exist"), (name, text)
+        if not final.endswith("exist") and asked_answer(tokens, LEX.attributes, LEX.concepts) == BOOL_ANSWER:
+            assert not may, (name, text)
+            plain += 1
+    assert plain > 50
 
 
 def test_known_inflection_only_for_verbs():

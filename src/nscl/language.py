@@ -359,7 +359,6 @@ def asked_answer(
         if named:
             return named.pop() if len(named) == 1 else None
     return None
-    return None
 
 
 _EXISTENCE_WORDS = frozenset({"any", "anything", "another", "other", "else"})
@@ -377,3 +376,23 @@ def asks_existence(
         return False
     clause = _last_clause(tokens)
     return clause[1:2] == ["there"] or bool(_EXISTENCE_WORDS.intersection(clause))
+
+
+# words that may ask whether something exists ("is at least one ... present", "does some ... exist", "does the image
+# show one or more ...", "can you spot any ..."): a yes/no question with none of them asks no existence
+_MAY_EXIST_WORDS = _EXISTENCE_WORDS | frozenset(
+    {"some", "something", "somewhere", "exist", "exists", "present", "anywhere", "least", "there"}
+)
+
+
+def may_ask_existence(
+    tokens: Sequence[str], attribute_words: Mapping[str, str], concept_words: Collection[str]
+) -> bool:
+    """False where the wording plainly asks yes/no (:func:`asked_answer`) and its last clause has no word that may
+    ask if something exists (those of :func:`asks_existence` and "some", "exist", "present", "at least",
+    "one or more", "there", ...): "does the cube match the ball in size" compares two things, it asks no
+    existence. True otherwise (including every other kind of question: it cannot tell)."""
+    if asked_answer(tokens, attribute_words, concept_words) != BOOL_ANSWER:
+        return True
+    clause = _last_clause(tokens)
+    return bool(_MAY_EXIST_WORDS.intersection(clause)) or ("or", "more") in set(zip(clause, clause[1:]))

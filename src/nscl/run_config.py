@@ -92,7 +92,8 @@ class ParserTrainConfig:
     # nats of that log-probability forgiven (log 2 = 0.69: references all holding one object with probability 0.5
     # or more cost nothing, so a program is not held back for reading more of them); and whether the wording fixes
     # a yes/no question's root: "is there ...", "any other ..." ask if something exists (language.asks_existence),
-    # and one that names no comparison of counts compares none
+    # one with no word that may ask it ("does the cube match the ball in size") asks none
+    # (language.may_ask_existence), and one that names no comparison of counts compares none
     referent_free: float = 0.0
     wording_roots: bool = False
     # Candidates per question that the parser and perception learn from in a step: the most probable under the

@@ -64,18 +64,25 @@ class AnswerShape:
 
     @classmethod
     def of(
-        cls, domain: Domain, answer: str, asked: str | None = None, exists: bool = False, strict: bool = False
+        cls,
+        domain: Domain,
+        answer: str,
+        asked: str | None = None,
+        exists: bool | None = None,
+        strict: bool = False,
     ) -> AnswerShape:
         """From a normalised answer and, optionally, what the wording asks (:func:`nscl.language.asked_answer`;
-        only a named comparison of counts is used) and whether it asks if something exists
-        (:func:`nscl.language.asks_existence`: the root is ``exist``). ``strict``: a yes/no question whose wording
-        names no comparison of counts compares none (``asked_answer`` names the comparison of every comparison
-        phrasing of our templates and CLEVR's)."""
+        only a named comparison of counts is used) and whether it asks if something exists: True where the wording
+        says so (:func:`nscl.language.asks_existence`: the root is ``exist``), False where it plainly does not
+        (:func:`nscl.language.may_ask_existence`: the root is not ``exist``), None where it cannot tell.
+        ``strict``: a yes/no question whose wording names no comparison of counts compares none (``asked_answer``
+        names the comparison of every comparison phrasing of our templates and CLEVR's)."""
         t = domain.answer_type(answer)
         if t == BOOL:
             if asked in (MORE, FEWER, AS_MANY):
                 return cls(t, root_op=asked)
-            not_roots = tuple(o for o in (MORE, FEWER, AS_MANY) if o in domain.nscl_ops) if strict else ()
+            ruled_out = ((MORE, FEWER, AS_MANY) if strict else ()) + (("exist",) if exists is False else ())
+            not_roots = tuple(o for o in ruled_out if o in domain.nscl_ops)
             return cls(
                 t, root_op="exist" if exists and "exist" in domain.nscl_ops else None, not_roots=not_roots
             )
