@@ -382,17 +382,19 @@ def asks_existence(
 # show one or more ...", "can you spot any ..."): a yes/no question with none of them asks no existence
 _MAY_EXIST_WORDS = _EXISTENCE_WORDS | frozenset(
     {"some", "something", "somewhere", "exist", "exists", "present", "anywhere", "least", "there"}
+    | {"see", "spot", "find", "show", "shows", "contain", "contains", "among", "besides", "apart"}
 )
 
 
 def may_ask_existence(
     tokens: Sequence[str], attribute_words: Mapping[str, str], concept_words: Collection[str]
 ) -> bool:
-    """False where the wording plainly asks yes/no (:func:`asked_answer`) and its last clause has no word that may
-    ask if something exists (those of :func:`asks_existence` and "some", "exist", "present", "at least",
-    "one or more", "there", ...): "does the cube match the ball in size" compares two things, it asks no
-    existence. True otherwise (including every other kind of question: it cannot tell)."""
-    if asked_answer(tokens, attribute_words, concept_words) != BOOL_ANSWER:
+    """For a question answered yes/no: False where its last clause has no word that may ask if something exists
+    (those of :func:`asks_existence` and "some", "exist", "present", "at least", "one or more", "there", ...):
+    "does the cube match the ball in size", "could you tell me if the cube and the ball share a colour", "the ball
+    versus the cube: same size or not" compare two things, they ask no existence. True where the wording asks
+    something else (a count, an attribute, a comparison of counts: it cannot tell)."""
+    if asked_answer(tokens, attribute_words, concept_words) not in (BOOL_ANSWER, None):
         return True
     clause = _last_clause(tokens)
     return bool(_MAY_EXIST_WORDS.intersection(clause)) or ("or", "more") in set(zip(clause, clause[1:]))
