@@ -3,7 +3,7 @@ program, how often the EM step's choice is the true program, and how often the p
 programs are read only to score this.
 
     .venv/bin/python benchmarks/em_targets.py --load RUN/checkpoint_last.pth --data-dir data/demo/train-set/train
-        [--questions 2000] [--wrong-answer-cost NATS] [--referent-free NATS] [--wording-roots 0|1]
+        [--questions 2000] [--wrong-answer-cost NATS] [--referent-free NATS] [--wording-roots 0|1] [--anaphora 0|1]
 
 The choice is each question's candidate of highest posterior (the checkpoint's parser times the evidence of
 ``training/answers_only.Evidence``, perceived by the checkpoint's model), once with the checkpoint's settings and once
@@ -48,6 +48,9 @@ def main() -> None:
     ap.add_argument(
         "--wording-roots", type=int, choices=(0, 1), default=None, help="override parser.wording_roots"
     )
+    ap.add_argument(
+        "--anaphora", type=int, choices=(0, 1), default=None, help="override parser.search_anaphora"
+    )
     args = ap.parse_args()
     from machine import machine_line
 
@@ -60,6 +63,8 @@ def main() -> None:
         pcfg = replace(pcfg, referent_free=args.referent_free)
     if args.wording_roots is not None:
         pcfg = replace(pcfg, wording_roots=bool(args.wording_roots))
+    if args.anaphora is not None:
+        pcfg = replace(pcfg, search_anaphora=bool(args.anaphora))
     assert model is not None and parser is not None
     split = load_split(SplitPaths.resolve(args.data_dir), domain)
     ds = QADataset(split, domain, ck.config.image_height, False)
@@ -113,7 +118,9 @@ def main() -> None:
     seconds = time.time() - t0
     cols = ["with candidates", "held", "true right", "choice (soft)", "choice (settings)", "free parse"]
     print(f"# {machine_line()}; {len(examples)} questions of {args.data_dir}, {seconds:.0f} s")
-    print(f"# settings: {weighings['settings']}, wording_roots={pcfg.wording_roots}")
+    print(
+        f"# settings: {weighings['settings']}, wording_roots={pcfg.wording_roots}, anaphora={pcfg.search_anaphora}"
+    )
     print("| type | questions | " + " | ".join(cols) + " |")
     print("| --- " * (len(cols) + 2) + "|")
     total: Counter = Counter()

@@ -54,6 +54,12 @@ def test_search_keeps_the_alternatives_the_answer_must_decide(domain, grammar):
         assert p.startswith("query(shape,") and "cube" in p and "red" in p and "left" in p
 
 
+def test_a_named_comparison_may_count_the_whole_scene(domain, grammar):
+    got = candidates(domain, grammar, "Are the balls outnumbered by the objects?", "yes")
+    assert "count_less(filter(scene(), [sphere]), scene())" in got
+    # unnamed, no comparison takes it: the next test's "is there a cube" has one candidate
+
+
 def test_search_reads_a_named_comparison_and_the_answer_kind(domain, grammar):
     got = candidates(domain, grammar, "Are there more cubes than spheres?", "yes")
     assert got and all(p.startswith("count_greater(") for p in got)

@@ -84,6 +84,8 @@ class ParserTrainConfig:
     lessons: tuple[tuple[int, ...], ...] = ()
     search_expansions: int = 5000
     search_slack: int = 2
+    # the search reads a pronoun's referent where the pronoun stands ("the block left of it": models/anaphora)
+    search_anaphora: bool = True
     length_prior: float = 1.0  # nats per program node in the candidates' posterior (prefers shorter programs)
     # ... and nats against a candidate whose answer is wrong, and the weight of log P(its single-object references
     # hold one object each) (training/answers_only.Evidence)

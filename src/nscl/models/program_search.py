@@ -9,7 +9,8 @@ A candidate must
   questions name each concept of their program; a word such as "big" is covered in either of its roles);
 * give each filter one maximal run of adjacent concept words, in their order ("the large red cube" is one
   filter, found once); nor does a filter take a filter, an intersection a filter, or a query, relation or
-  comparison a bare ``scene()``.
+  comparison a bare ``scene()`` (but a comparison of counts that the wording names: "are the balls outnumbered by
+  the objects").
 
 The question's meaningful words fall into *chunks*: a maximal run of concept words (one filter's list), a relation
 word, an attribute word (a lone concept word that also names an attribute or relation, such as "big", may be
@@ -38,6 +39,7 @@ import numpy as np
 from ..domain import ATTRIBUTE_VALUE, BOOL, INTEGER, P_ATTRIBUTE, P_CONCEPTS, P_RELATION, Domain
 from ..language import AS_MANY, FEWER, MORE
 from ..program import Program
+from .anaphora import pronoun_at, reading_order
 from .grammar import Grammar, QuestionInfo
 
 
@@ -122,12 +124,18 @@ def _meaningful(q: QuestionInfo) -> np.ndarray:
 
 def signature(q: QuestionInfo, shape: AnswerShape) -> tuple:
     """What the search reads of a question: the sequence of its words that name a concept, relation or attribute
-    (by kind, the attribute named, and which concept words are next to each other), and the answer's shape. Other
-    words do not matter, so questions phrased alike share a signature and their candidates' actions
+    (by kind, the attribute named, and which concept words are next to each other), where pronouns stand among
+    them, and the answer's shape. Other words do not matter, so questions phrased alike share a signature and their candidates' actions
     (:func:`abstract_actions`, :func:`programs_from_actions`)."""
     m = _meaningful(q)
     concept = q.concept[m] >= 0
+    pronouns = tuple(
+        (int(np.searchsorted(m, i)), kind)
+        for i in range(len(q))
+        if (kind := pronoun_at(q.tokens, i)) is not None
+    )
     return (
+        pronouns,  # where the pronouns stand among those words (they move referents: .anaphora)
         tuple(concept.tolist()),
         tuple((q.relation[m] >= 0).tolist()),
         tuple(q.attribute[m].tolist()),
@@ -243,7 +251,8 @@ class _Chart:
         self.scene = g.op_index.get("scene", -1)
         self.filter = g.op_index.get("filter", -1)
         self.query = g.op_index.get("query", -1)
-        self.no_scene = [o in _NO_SCENE_UNDER for o in ops]
+        # a comparison of counts that the wording names may compare with the bare scene (AnswerShape.root_op)
+        self.no_scene = [o in _NO_SCENE_UNDER and o != shape.root_op for o in ops]
         self.no_filter = [o in _NO_FILTER_UNDER for o in ops]
         self.symmetric = [o in _SYMMETRIC for o in ops]
         self.root_ok = [shape.allows_root(o, g.domain) for o in ops]
@@ -293,6 +302,16 @@ class _Chart:
         span = (1 << mask.bit_length()) - low
         return (span & ~mask).bit_count()
 
+    @staticmethod
+    def _splits(rest: int, no_scene: bool) -> list[int]:
+        """The chunk sets the first of two inputs may take from ``rest`` (the second takes the others): both
+        non-empty, or with ``no_scene`` off also all or none."""
+        out, sub = [], (rest - 1) & rest
+        while sub:
+            out.append(sub)
+            sub = (sub - 1) & rest
+        return out if no_scene else [rest, *out, 0]
+
     def _op(self, o: int, slot: int, mask: int, penalty: int) -> list[tuple[int, tuple[int, ...]]]:
         g, chunks = self.g, self.chunks
         children = g.children[o]
@@ -326,13 +345,12 @@ class _Chart:
                     if len(head) + len(sub) <= max_len:
                         out.append((base + c, head + sub))
                 continue
-            # Two inputs: every split of the remaining chunks (both non-empty: no two-input op takes a scene).
-            sub = (rest - 1) & rest
+            # Two inputs: every split of the remaining chunks (both non-empty, unless the op may take the bare
+            # scene).
             low = rest & -rest
-            while sub:
-                a, b = sub, rest ^ sub
-                sub = (sub - 1) & rest
-                if b == 0 or (self.symmetric[o] and not a & low):
+            for a in self._splits(rest, ns):
+                b = rest ^ a
+                if self.symmetric[o] and not a & low:
                     continue
                 self.expansions += 1
                 if self.expansions > self.limits.max_expansions:
@@ -354,15 +372,19 @@ def search_programs(
     shape: AnswerShape,
     limits: SearchLimits = SearchLimits(),
     slack: int = 4,
+    anaphora: bool = True,
 ) -> SearchResult:
     """Candidate programs for question ``q`` with an answer of ``shape`` (module docstring): those within
     ``slack`` of the cheapest (cost: actions, plus ``gap_cost`` per chunk inside a subtree's span that is not its
-    own, plus ``gap_cost`` per unused word), cheapest first."""
+    own, plus ``gap_cost`` per unused word), cheapest first. ``anaphora``: spans are measured with each pronoun's
+    referent read where the pronoun stands (:mod:`.anaphora`), else in word order."""
     chunks = _chunks(q)
     total, complete = 0, True
     found: list[tuple[int, tuple[int, ...]]] = []
     for drop in _drops(chunks):
         kept = [c for k, c in enumerate(chunks) if k not in drop]
+        if anaphora:
+            kept = [kept[k] for k in _reading_order(q, kept)]
         for projective in (False, True):
             chart = _Chart(grammar, q, shape, kept, limits, projective)
             try:
@@ -382,6 +404,16 @@ def search_programs(
             break
         programs.setdefault(grammar.to_program(acts, q).canonical(), acts)
     return SearchResult(list(programs), complete, total, list(programs.values()))
+
+
+def _reading_order(q: QuestionInfo, chunks: list[_Chunk]) -> list[int]:
+    """The chunks' order with pronouns resolved (:func:`.anaphora.reading_order`)."""
+    return reading_order(
+        q.tokens,
+        [c.positions[0] for c in chunks],
+        [bool(q.concept[c.positions[0]] >= 0) for c in chunks],
+        [P_RELATION in c.kinds for c in chunks],
+    )
 
 
 def _drops(chunks: list[_Chunk]) -> list[frozenset[int]]:

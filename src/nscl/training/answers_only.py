@@ -92,8 +92,16 @@ class Candidates:
     relation and attribute words are, and the answer's shape), so a question phrased like one already searched
     reads its candidates off that search's action sequences."""
 
-    def __init__(self, parser: Parser, limits: SearchLimits, slack: int, wording_roots: bool = False) -> None:
+    def __init__(
+        self,
+        parser: Parser,
+        limits: SearchLimits,
+        slack: int,
+        wording_roots: bool = False,
+        anaphora: bool = True,
+    ) -> None:
         self.parser, self.limits, self.slack, self.wording_roots = parser, limits, slack, wording_roots
+        self.anaphora = anaphora
         self.searches: dict[tuple, list[tuple[int, ...]]] = {}
         self.programs: dict[tuple[str, str | None], list[Program]] = {}  # (question, answer) -> candidates
         self.memory: dict[int, dict[Program, None]] = {}  # question index -> proposals that answered right
@@ -101,10 +109,10 @@ class Candidates:
 
     @classmethod
     def from_config(cls, parser: Parser, pcfg: ParserTrainConfig) -> Candidates:
-        """The search as ``parser.search_expansions``, ``search_slack`` and ``wording_roots`` set it."""
-        return cls(
-            parser, SearchLimits(max_expansions=pcfg.search_expansions), pcfg.search_slack, pcfg.wording_roots
-        )
+        """The search as ``parser.search_expansions``, ``search_slack``, ``wording_roots`` and
+        ``search_anaphora`` set it."""
+        limits = SearchLimits(max_expansions=pcfg.search_expansions)
+        return cls(parser, limits, pcfg.search_slack, pcfg.wording_roots, pcfg.search_anaphora)
 
     def with_proposals(self, batch: Sequence[ParserExample], n_best: int) -> list[list[Program]]:
         """Each question's searched candidates; where there are none, the programs that answered it right before
@@ -152,7 +160,7 @@ class Candidates:
         key = signature(q, shape)
         actions = self.searches.get(key)
         if actions is None:
-            found = search_programs(p.grammar, q, shape, self.limits, self.slack).actions
+            found = search_programs(p.grammar, q, shape, self.limits, self.slack, self.anaphora).actions
             actions = self.searches[key] = [abstract_actions(p.grammar, q, a) for a in found]
         return programs_from_actions(p.grammar, q, actions)
 
