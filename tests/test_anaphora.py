@@ -13,6 +13,7 @@ from nscl.program import program_from_str
 from nscl.vocab import tokenize
 
 C, R, A = "concept", "relation", "attribute"
+LIMITS = SearchLimits(max_expansions=5000)  # the trainer's (parser.search_expansions)
 
 
 def order(words: str, kinds: dict[str, str]) -> list[str]:
@@ -69,11 +70,21 @@ def test_a_pronoun_that_is_no_relation_s_object_moves_nothing():
     assert order(text, kinds) == ["spheres", "behind", "cube", "left", "ball"]
 
 
+def test_there_after_a_thing_is_the_place_a_relation_named():
+    kinds = {"left": R, "cube": C, "behind": R, "ball": C, "shape": A, "red": C}
+    text = "looking left of the cube which sits behind the ball , which shape does the red thing there have"
+    assert order(text, kinds) == ["red", "left", "cube", "behind", "ball", "shape"]
+    # "is there ...", "are there ..." name no place
+    kinds = {"cube": C, "left": R, "ball": C}
+    assert order("is there a cube left of the ball", kinds) == ["cube", "left", "ball"]
+
+
 @pytest.mark.parametrize(
     "tokens, i, kind",
     [
         (["left", "of", "it"], 2, "back"),
         (["behind", "that", "one"], 2, "back"),
+        (["the", "red", "thing", "there"], 3, "there"),
         (["is", "at", "least", "one"], 3, None),
         (["the", "cube", "that", "is", "red"], 2, None),
         (["right", "of", "the", "former"], 3, "former"),
@@ -110,6 +121,13 @@ def grammar(domain):
             "query_attribute_equal(color, filter(relate(filter(scene(), [yellow]), behind), [large, metal]), "
             "filter(scene(), [rubber]))",
         ),
+        (
+            "Looking in back of the metal cube which sits leftward of the little red shiny item found on the left "
+            "of the red metal cube, which shape does the little red metal item there have?",
+            "cube",
+            "query(shape, filter(relate(filter(relate(filter(relate(filter(scene(), [cube, metal, red]), left), "
+            "[metal, red, small]), left), [cube, metal]), behind), [metal, red, small]))",
+        ),
     ],
 )
 def test_the_search_holds_the_reading_its_pronouns_say(domain, grammar, text, answer, true):
@@ -121,8 +139,8 @@ def test_the_search_holds_the_reading_its_pronouns_say(domain, grammar, text, an
     exists = None if may_ask_existence(tokens, *words) else False
     shape = AnswerShape.of(domain, answer, asked_answer(tokens, *words), exists, strict=True)  # wording_roots
     want = program_from_str(true, domain).canonical()
-    read = search_programs(g, q, shape, SearchLimits(), 2, anaphora=True).programs
-    plain = search_programs(g, q, shape, SearchLimits(), 2, anaphora=False).programs
+    read = search_programs(g, q, shape, LIMITS, 2, anaphora=True).programs
+    plain = search_programs(g, q, shape, LIMITS, 2, anaphora=False).programs
     assert want in read
     assert want not in plain
 

@@ -17,7 +17,12 @@ The rule, over the question's *chunks* (a run of concept words, a relation word,
   recent phrase before the pronoun's own; "the former" / "the latter" to the first / last of the phrases that
   hold no pronoun ("consider A and B; does the C left of the former match the D behind the latter").
 
-A pronoun anywhere else ("is it red", "does it share its size with the ball") moves nothing. Pure Python.
+* "there" right after a run of concept words is a place: the latest phrase that opens with a relation word moves
+  after it ("looking left of the cube, which shape does the red thing there have": "the red thing [left of the
+  cube]").
+
+A pronoun anywhere else ("is it red", "does it share its size with the ball", "is there a cube") moves nothing.
+Pure Python.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from dataclasses import dataclass, field
 
 _BACK = frozenset({"it", "them"})  # the most recent phrase
 _DEMONSTRATIVES = frozenset({"that", "this"})  # "that one", "this one": the most recent phrase
-_FORMER, _LATTER = "former", "latter"
+_FORMER, _LATTER, _THERE = "former", "latter", "there"
 
 
 @dataclass
@@ -37,11 +42,11 @@ class _Phrase:
 
 
 def pronoun_at(tokens: Sequence[str], i: int) -> str | None:
-    """The kind of pronoun at token ``i`` ("back", "former", "latter"), None where there is none."""
+    """The kind of pronoun at token ``i`` ("back", "former", "latter", "there"), None where there is none."""
     t = tokens[i]
     if t in _BACK or (t == "one" and i > 0 and tokens[i - 1] in _DEMONSTRATIVES):
         return "back"
-    if t in (_FORMER, _LATTER):
+    if t in (_FORMER, _LATTER, _THERE):
         return t
     return None
 
@@ -59,10 +64,19 @@ def reading_order(
         + [(i, 1, -1) for i in range(len(tokens)) if pronoun_at(tokens, i) is not None]
     )
     last_relation = False  # the last chunk or pronoun was a relation word (awaiting its object)
+    last_concept = False  # the last chunk was a run of concept words ("the red thing [there]")
     for pos, is_pronoun, k in events:
         if is_pronoun:
             kind = pronoun_at(tokens, pos)
-            if last_relation and phrases:
+            if kind == _THERE:
+                # "looking left of the cube, which shape does the red thing there have": a place named by a
+                # phrase that opens with a relation word goes after the phrase just named
+                place = [p for p in phrases[:-1] if relation[p.chunks[0]] and not concept_run[p.chunks[0]]]
+                if place and last_concept:
+                    phrases.remove(place[-1])
+                    phrases[-1].chunks.extend(place[-1].chunks)
+                    phrases[-1].hosts = True
+            elif last_relation and phrases:
                 host = phrases[-1]
                 earlier = phrases[:-1]
                 if kind == "back":
@@ -74,7 +88,7 @@ def reading_order(
                     phrases.remove(ref)
                     host.chunks.extend(ref.chunks)
                     host.hosts = True
-            last_relation = False
+            last_relation = last_concept = False
             continue
         if concept_run[k] and not (last_relation and phrases):
             phrases.append(_Phrase([k]))
@@ -83,4 +97,5 @@ def reading_order(
         else:
             phrases.append(_Phrase([k]))
         last_relation = relation[k] and not concept_run[k]
+        last_concept = concept_run[k]
     return [k for p in phrases for k in p.chunks]
