@@ -427,3 +427,27 @@ def test_a_yes_no_question_without_existence_words_gets_no_existence_candidates(
     held = search_programs(g, q, AnswerShape.of(domain, "yes", asked, False, strict=True), SearchLimits(), 2)
     assert "exist" in {p.final_op for p in free.programs}  # "is there another ball of the cube's size"
     assert held.programs and {p.final_op for p in held.programs} == {"query_attribute_equal"}
+
+
+def test_a_repeated_attribute_word_is_read_once(domain, grammar):
+    """ "The material of A ... matches the material of B": the plain equality, not one more relate_attribute_equal
+    for the second "material" (both readings used to cost the same, and the many variants of the second crowded
+    the first out of the kept candidates)."""
+    g, lex = grammar
+    text = (
+        "Say whether the material of the yellow thing positioned on the left of the giant matte cylinder matches "
+        "the material of the little thing positioned at the back of the red matt thing."
+    )
+    tokens = tokenize(text)
+    q = g.question_info(tokens, lex, text)
+    words = lex.attributes, lex.concepts
+    shape = AnswerShape.of(domain, "yes", asked_answer(tokens, *words), False, strict=True)
+    want = program_from_str(
+        "query_attribute_equal(material, filter(relate(filter(scene(), [cylinder, large, rubber]), left), [yellow]), "
+        "filter(relate(filter(scene(), [red, rubber]), behind), [small]))",
+        domain,
+    ).canonical()
+    got = search_programs(g, q, shape, SearchLimits(max_expansions=5000), 2).programs
+    assert want in got
+    old = search_programs(g, q, shape, SearchLimits(max_expansions=5000, drop_cost=2), 2).programs
+    assert want not in old

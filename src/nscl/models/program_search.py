@@ -49,8 +49,11 @@ class SearchLimits:
     max_programs: int = 32  # candidates, and subtrees kept per chart entry
     # Combinations of chunk sets visited before falling back to projective programs.
     max_expansions: int = 20_000
-    # In actions: a chunk inside a subtree's span that is not its own, or a word left unused.
+    # In actions: a chunk inside a subtree's span that is not its own; an attribute word left unused where the
+    # words name that attribute twice ("the material of A matches the material of B"): less than the two actions of
+    # reading it as one more op (relate_attribute_equal), so the plain reading is the cheaper one
     gap_cost: int = 2
+    drop_cost: int = 1
 
 
 @dataclass(frozen=True)
@@ -376,7 +379,7 @@ def search_programs(
 ) -> SearchResult:
     """Candidate programs for question ``q`` with an answer of ``shape`` (module docstring): those within
     ``slack`` of the cheapest (cost: actions, plus ``gap_cost`` per chunk inside a subtree's span that is not its
-    own, plus ``gap_cost`` per unused word), cheapest first. ``anaphora``: spans are measured with each pronoun's
+    own, plus ``drop_cost`` per unused word), cheapest first. ``anaphora``: spans are measured with each pronoun's
     referent read where the pronoun stands (:mod:`.anaphora`), else in word order."""
     chunks = _chunks(q)
     total, complete = 0, True
@@ -395,7 +398,7 @@ def search_programs(
                 continue  # too many chunk sets: projective programs only
             total += chart.expansions
             complete &= not chart.truncated
-            found += [(c + limits.gap_cost * len(drop), acts) for c, acts in got]
+            found += [(c + limits.drop_cost * len(drop), acts) for c, acts in got]
             break
     found.sort(key=lambda t: t[0])
     programs: dict[Program, tuple[int, ...]] = {}
