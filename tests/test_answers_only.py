@@ -13,7 +13,7 @@ import torch
 from nscl.config import override
 from nscl.data import SplitPaths
 from nscl.errors import NSCLError
-from nscl.language import asked_answer
+from nscl.language import BOOL_ANSWER, asked_answer
 from nscl.models.grammar import Grammar, Lexicon
 from nscl.models.program_search import AnswerShape, SearchLimits, search_programs
 from nscl.program import ClevrProgram, program_from_str
@@ -451,3 +451,22 @@ def test_a_repeated_attribute_word_is_read_once(domain, grammar):
     assert want in got
     old = search_programs(g, q, shape, SearchLimits(max_expansions=5000, drop_cost=2), 2).programs
     assert want not in old
+
+
+def test_a_size_word_is_read_as_a_concept_as_readily_as_as_an_attribute(domain, grammar):
+    """ "Count the big things that are balls or matte cylinders": "big" is a filter here, and a concept word read as
+    an attribute costs what its filter would, so that reading stays among the candidates; "is the cube as big as the
+    ball" still compares sizes."""
+    g, lex = grammar
+    text = "Count the big things that are balls or matte cylinders or both."
+    q = g.question_info(tokenize(text), lex, text)
+    got = search_programs(g, q, AnswerShape.of(domain, "3"), SearchLimits(max_expansions=5000), 2).programs
+    union = "count(filter(union(filter(scene(), [cylinder, rubber]), filter(scene(), [sphere])), [large]))"
+    assert union in [p.to_str() for p in got]
+    text = "Is the cube as big as the ball?"
+    q = g.question_info(tokenize(text), lex, text)
+    shape = AnswerShape.of(domain, "yes", BOOL_ANSWER, False, strict=True)  # as parser.wording_roots reads it
+    got = search_programs(g, q, shape, SearchLimits(max_expansions=5000), 2).programs
+    assert [p.to_str() for p in got] == [
+        "query_attribute_equal(size, filter(scene(), [cube]), filter(scene(), [sphere]))"
+    ]

@@ -321,9 +321,11 @@ class _Chart:
         params = [c for c in children if c in self.kind_of_slot]
         inputs = [c for c in children if c not in self.kind_of_slot]
         # Arguments: one chunk per parameter (ops have at most one).
-        heads: list[tuple[tuple[int, ...], int]] = []
+        # (actions, chunks left, extra cost): a concept word read as an attribute ("big" as size) costs one more,
+        # as much as its filter would (op, pointer, end: "the big things that are balls" is no equality of sizes)
+        heads: list[tuple[tuple[int, ...], int, int]] = []
         if not params:
-            heads.append(((o,), mask))
+            heads.append(((o,), mask, 0))
         else:
             kind = self.kind_of_slot[params[0]]
             for k, c in enumerate(chunks):
@@ -333,12 +335,13 @@ class _Chart:
                 if root_query and c.attribute != self.shape.attribute:
                     continue  # the root query asks for the answer's attribute
                 ptr = self.pointers[k][0 if kind == P_CONCEPTS else 1]
-                heads.append(((o, *ptr), mask & ~(1 << k)))
+                extra = int(kind == P_ATTRIBUTE and P_CONCEPTS in c.kinds)
+                heads.append(((o, *ptr), mask & ~(1 << k), extra))
         ns, nf = self.no_scene[o], self.no_filter[o]
         max_len = self.limits.max_length
         out: list[tuple[int, tuple[int, ...]]] = []
-        for head, rest in heads:
-            base = len(head) + penalty
+        for head, rest, extra in heads:
+            base = len(head) + penalty + extra
             if not inputs:
                 if rest == 0:
                     out.append((base, head))
