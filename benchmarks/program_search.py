@@ -20,7 +20,7 @@ from collections import defaultdict
 from nscl.data import SplitPaths, load_split
 from nscl.domain import builtin_domain
 from nscl.inference.examples import examples_from_questions
-from nscl.language import asked_answer, asks_existence, may_ask_existence
+from nscl.language import asked_answer, existence_wording
 from nscl.models.grammar import Grammar, Lexicon
 from nscl.models.program_search import AnswerShape, SearchLimits, search_programs
 from nscl.vocab import tokenize
@@ -51,13 +51,7 @@ def main() -> None:
             continue
         q = grammar.question_info(tokens, lexicon, e.question)
         words = lexicon.attributes, lexicon.concepts
-        exists = None
-        if args.wording_roots:
-            exists = (
-                True
-                if asks_existence(tokens, *words)
-                else (None if may_ask_existence(tokens, *words) else False)
-            )
+        exists = existence_wording(tokens, *words) if args.wording_roots else None
         shape = AnswerShape.of(
             domain, e.answer, asked_answer(tokens, *words), exists, bool(args.wording_roots)
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from nscl.language import asked_answer, may_ask_existence
+from nscl.language import asked_answer, existence_wording
 from nscl.models.anaphora import pronoun_at, reading_order
 from nscl.models.grammar import Grammar, Lexicon
 from nscl.models.program_search import AnswerShape, SearchLimits, search_programs, signature
@@ -136,7 +136,7 @@ def test_the_search_holds_the_reading_its_pronouns_say(domain, grammar, text, an
     tokens = tokenize(text)
     q = g.question_info(tokens, lex, text)
     words = lex.attributes, lex.concepts
-    exists = None if may_ask_existence(tokens, *words) else False
+    exists = existence_wording(tokens, *words)
     shape = AnswerShape.of(domain, answer, asked_answer(tokens, *words), exists, strict=True)  # wording_roots
     want = program_from_str(true, domain).canonical()
     read = search_programs(g, q, shape, LIMITS, 2, anaphora=True).programs

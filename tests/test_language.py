@@ -18,6 +18,7 @@ from nscl.language import (
     asked_answer,
     asks_existence,
     correct,
+    existence_wording,
     known_inflection,
     may_ask_existence,
     may_name_a_thing,
@@ -287,6 +288,19 @@ def test_may_ask_existence_rules_out_only_what_no_existence_template_says(source
             assert not may, (name, text)
             equalities += 1
     assert equalities > 50
+
+
+@pytest.mark.parametrize(
+    "text, said",
+    [
+        ("Is there a red cube?", True),
+        ("Does the cube match the ball in size?", False),
+        ("Is at least one red cube present?", None),  # may ask it, in words asks_existence does not read
+        ("Are there more cubes than balls?", None),
+    ],
+)
+def test_existence_wording(text, said):
+    assert existence_wording(question_tokens(text), LEX.attributes, LEX.concepts) is said
 
 
 def test_known_inflection_only_for_verbs():

@@ -398,3 +398,14 @@ def may_ask_existence(
         return True
     clause = _last_clause(tokens)
     return bool(_MAY_EXIST_WORDS.intersection(clause)) or ("or", "more") in set(zip(clause, clause[1:]))
+
+
+def existence_wording(
+    tokens: Sequence[str], attribute_words: Mapping[str, str], concept_words: Collection[str]
+) -> bool | None:
+    """What the wording of a question answered yes/no says of existence: True where it asks if something exists
+    (:func:`asks_existence`), False where it cannot be asking (:func:`may_ask_existence`), None where it cannot
+    tell."""
+    if asks_existence(tokens, attribute_words, concept_words):
+        return True
+    return None if may_ask_existence(tokens, attribute_words, concept_words) else False

@@ -15,8 +15,7 @@ The rule, over the question's *chunks* (a run of concept words, a relation word,
 * a pronoun right after a relation word ("left of it", "behind that one", "right of the former") is that
   relation's object: its referent phrase moves to the pronoun. "it", "them" and "that/this one" refer to the most
   recent phrase before the pronoun's own; "the former" / "the latter" to the first / last of the phrases that
-  hold no pronoun ("consider A and B; does the C left of the former match the D behind the latter").
-
+  hold no pronoun ("consider A and B; does the C left of the former match the D behind the latter");
 * "there" right after a run of concept words is a place: the latest phrase that opens with a relation word moves
   after it ("looking left of the cube, which shape does the red thing there have": "the red thing [left of the
   cube]").

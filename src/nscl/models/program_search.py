@@ -128,8 +128,8 @@ def _meaningful(q: QuestionInfo) -> np.ndarray:
 def signature(q: QuestionInfo, shape: AnswerShape) -> tuple:
     """What the search reads of a question: the sequence of its words that name a concept, relation or attribute
     (by kind, the attribute named, and which concept words are next to each other), where pronouns stand among
-    them, and the answer's shape. Other words do not matter, so questions phrased alike share a signature and their candidates' actions
-    (:func:`abstract_actions`, :func:`programs_from_actions`)."""
+    them, and the answer's shape. Other words do not matter, so questions phrased alike share a signature and
+    their candidates' actions (:func:`abstract_actions`, :func:`programs_from_actions`)."""
     m = _meaningful(q)
     concept = q.concept[m] >= 0
     pronouns = tuple(
