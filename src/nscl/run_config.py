@@ -95,9 +95,10 @@ class ParserTrainConfig:
     # or more cost nothing, so a program is not held back for reading more of them); and whether the wording fixes
     # a yes/no question's root: "is there ...", "any other ..." ask if something exists (language.asks_existence),
     # one with no word that may ask it ("does the cube match the ball in size") asks none
-    # (language.may_ask_existence), and one that names no comparison of counts compares none
+    # (language.may_ask_existence), and one that names no comparison of counts compares none (on: held-out program
+    # exact match 0.912 -> 0.998 on the full answers-only run, README "From answers alone")
     referent_free: float = 0.0
-    wording_roots: bool = False
+    wording_roots: bool = True
     # Candidates per question that the parser and perception learn from in a step: the most probable under the
     # posterior, scored first without gradients (0: all). Long questions have tens of candidates.
     candidates_kept: int = 4
