@@ -20,7 +20,6 @@ from collections import defaultdict
 from nscl.data import SplitPaths, load_split
 from nscl.domain import builtin_domain
 from nscl.inference.examples import examples_from_questions
-from nscl.language import asked_answer, existence_wording
 from nscl.models.grammar import Grammar, Lexicon
 from nscl.models.program_search import AnswerShape, SearchLimits, search_programs
 from nscl.vocab import tokenize
@@ -35,7 +34,7 @@ def main() -> None:
     ap.add_argument("--slack", type=int, default=2, help="as parser.search_slack [2]")
     ap.add_argument("--anaphora", type=int, choices=(0, 1), default=1, help="as parser.search_anaphora [1]")
     ap.add_argument(
-        "--wording-roots", type=int, choices=(0, 1), default=0, help="as parser.wording_roots [0]"
+        "--wording-roots", type=int, choices=(0, 1), default=1, help="as parser.wording_roots [1]"
     )
     args = ap.parse_args()
     from machine import machine_line
@@ -50,10 +49,8 @@ def main() -> None:
         if len(tokens) > args.max_words:
             continue
         q = grammar.question_info(tokens, lexicon, e.question)
-        words = lexicon.attributes, lexicon.concepts
-        exists = existence_wording(tokens, *words) if args.wording_roots else None
-        shape = AnswerShape.of(
-            domain, e.answer, asked_answer(tokens, *words), exists, bool(args.wording_roots)
+        shape = AnswerShape.of_wording(
+            domain, e.answer, tokens, lexicon.attributes, lexicon.concepts, bool(args.wording_roots)
         )
         t = time.perf_counter()
         limits = SearchLimits(max_expansions=args.expansions)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from nscl.language import asked_answer, existence_wording
 from nscl.models.anaphora import pronoun_at, reading_order
 from nscl.models.grammar import Grammar, Lexicon
 from nscl.models.program_search import AnswerShape, SearchLimits, search_programs, signature
@@ -135,9 +134,7 @@ def test_the_search_holds_the_reading_its_pronouns_say(domain, grammar, text, an
     g, lex = grammar
     tokens = tokenize(text)
     q = g.question_info(tokens, lex, text)
-    words = lex.attributes, lex.concepts
-    exists = existence_wording(tokens, *words)
-    shape = AnswerShape.of(domain, answer, asked_answer(tokens, *words), exists, strict=True)  # wording_roots
+    shape = AnswerShape.of_wording(domain, answer, tokens, lex.attributes, lex.concepts, wording_roots=True)
     want = program_from_str(true, domain).canonical()
     read = search_programs(g, q, shape, LIMITS, 2, anaphora=True).programs
     plain = search_programs(g, q, shape, LIMITS, 2, anaphora=False).programs

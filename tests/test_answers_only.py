@@ -373,60 +373,51 @@ def test_evidence_weighs_the_answer_the_length_and_the_references():
     assert torch.allclose(forgiving, torch.tensor([-5.1, -24.3, -8.7]))
 
 
-def test_wording_that_asks_existence_gives_only_existence_candidates(domain, grammar):
-    from nscl.language import asked_answer, asks_existence
-    from nscl.models.program_search import AnswerShape, search_programs
-
+def _searched(
+    domain, grammar, text: str, answer: str, exists: bool | None = None, strict: bool = False
+) -> list:
+    """The candidates (slack 2) for ``text`` answered ``answer``, the comparison its wording names read as the
+    trainer reads it, with ``exists`` and ``strict`` as given (AnswerShape.of)."""
     g, lex = grammar
-    text = "Does any other cube match the ball in size?"
     tokens = tokenize(text)
-    q = g.question_info(tokens, lex, text)
-    words = lex.attributes, lex.concepts
-    assert asks_existence(tokens, *words)
-    free = search_programs(
-        g, q, AnswerShape.of(domain, "yes", asked_answer(tokens, *words)), SearchLimits(), 2
-    )
-    held = search_programs(
-        g, q, AnswerShape.of(domain, "yes", asked_answer(tokens, *words), True), SearchLimits(), 2
-    )
-    finals = {p.final_op for p in free.programs}
+    shape = AnswerShape.of(domain, answer, asked_answer(tokens, lex.attributes, lex.concepts), exists, strict)
+    return search_programs(g, g.question_info(tokens, lex, text), shape, SearchLimits(), 2).programs
+
+
+def test_wording_that_asks_existence_gives_only_existence_candidates(domain, grammar):
+    from nscl.language import asks_existence
+
+    _, lex = grammar
+    text = "Does any other cube match the ball in size?"
+    assert asks_existence(tokenize(text), lex.attributes, lex.concepts)
+    free = _searched(domain, grammar, text, "yes")
+    held = _searched(domain, grammar, text, "yes", exists=True)
+    finals = {p.final_op for p in free}
     assert "exist" in finals and len(finals) > 1  # without the rule, other readings (an equality) compete
-    assert held.programs and {p.final_op for p in held.programs} == {"exist"}
-    assert set(held.programs) <= set(free.programs)
+    assert held and {p.final_op for p in held} == {"exist"}
+    assert set(held) <= set(free)
 
 
 def test_a_yes_no_question_that_names_no_comparison_gets_no_comparison_candidates(domain, grammar):
-    from nscl.language import asked_answer
-    from nscl.models.program_search import AnswerShape, search_programs
-
-    g, lex = grammar
     text = "Find the block left of the red ball; does the gray thing match it in size?"
-    tokens = tokenize(text)
-    q = g.question_info(tokens, lex, text)
-    asked = asked_answer(tokens, lex.attributes, lex.concepts)
-    free = search_programs(g, q, AnswerShape.of(domain, "no", asked), SearchLimits(), 2)
-    strict = search_programs(g, q, AnswerShape.of(domain, "no", asked, strict=True), SearchLimits(), 2)
+    free = _searched(domain, grammar, text, "no")
+    strict = _searched(domain, grammar, text, "no", strict=True)
     comparisons = {"count_greater", "count_less", "count_equal"}
-    assert comparisons & {p.final_op for p in free.programs}  # counts compared: answers alone allow it
-    assert strict.programs and not comparisons & {p.final_op for p in strict.programs}
-    assert "query_attribute_equal" in {p.final_op for p in strict.programs}
+    assert comparisons & {p.final_op for p in free}  # counts compared: answers alone allow it
+    assert strict and not comparisons & {p.final_op for p in strict}
+    assert "query_attribute_equal" in {p.final_op for p in strict}
 
 
 def test_a_yes_no_question_without_existence_words_gets_no_existence_candidates(domain, grammar):
-    from nscl.language import asked_answer, may_ask_existence
-    from nscl.models.program_search import AnswerShape, search_programs
+    from nscl.language import may_ask_existence
 
-    g, lex = grammar
+    _, lex = grammar
     text = "Does the cube match the ball in size?"
-    tokens = tokenize(text)
-    q = g.question_info(tokens, lex, text)
-    words = lex.attributes, lex.concepts
-    asked = asked_answer(tokens, *words)
-    assert not may_ask_existence(tokens, *words)
-    free = search_programs(g, q, AnswerShape.of(domain, "yes", asked, strict=True), SearchLimits(), 2)
-    held = search_programs(g, q, AnswerShape.of(domain, "yes", asked, False, strict=True), SearchLimits(), 2)
-    assert "exist" in {p.final_op for p in free.programs}  # "is there another ball of the cube's size"
-    assert held.programs and {p.final_op for p in held.programs} == {"query_attribute_equal"}
+    assert not may_ask_existence(tokenize(text), lex.attributes, lex.concepts)
+    free = _searched(domain, grammar, text, "yes", strict=True)
+    held = _searched(domain, grammar, text, "yes", exists=False, strict=True)
+    assert "exist" in {p.final_op for p in free}  # "is there another ball of the cube's size"
+    assert held and {p.final_op for p in held} == {"query_attribute_equal"}
 
 
 def test_a_repeated_attribute_word_is_read_once(domain, grammar):

@@ -32,12 +32,13 @@ cut the search. Pure NumPy, like the grammar.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..domain import ATTRIBUTE_VALUE, BOOL, INTEGER, P_ATTRIBUTE, P_CONCEPTS, P_RELATION, Domain
-from ..language import AS_MANY, FEWER, MORE
+from ..language import AS_MANY, FEWER, MORE, asked_answer, existence_wording
 from ..program import Program
 from .anaphora import pronoun_at, reading_order
 from .grammar import Grammar, QuestionInfo
@@ -95,6 +96,22 @@ class AnswerShape:
             return cls(t)
         attr = domain.attribute_of_concept(answer)
         return cls(ATTRIBUTE_VALUE, domain.attribute_names.index(attr.name))
+
+    @classmethod
+    def of_wording(
+        cls,
+        domain: Domain,
+        answer: str,
+        tokens: Sequence[str],
+        attribute_words: Mapping[str, str],
+        concept_words: Collection[str],
+        wording_roots: bool,
+    ) -> AnswerShape:
+        """:meth:`of` with what the question's words say: the comparison of counts they name and, with
+        ``wording_roots`` (``parser.wording_roots``), what they say of existence, strictly."""
+        words = attribute_words, concept_words
+        exists = existence_wording(tokens, *words) if wording_roots else None
+        return cls.of(domain, answer, asked_answer(tokens, *words), exists, wording_roots)
 
     def allows_root(self, op: str, domain: Domain) -> bool:
         """Whether a program whose last op is ``op`` can give this answer (its output type; the root the wording

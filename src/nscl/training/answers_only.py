@@ -42,7 +42,6 @@ from ..inference.examples import ParserExample, examples_from_questions, image_b
 from ..inference.execute import answer_targets, run_programs
 from ..inference.guided import WordingCheck
 from ..inference.scenes import ModelScenes
-from ..language import asked_answer, existence_wording
 from ..losses import qa_loss
 from ..models.executor import Compiler, SceneLogits
 from ..models.nscl import NSCL
@@ -149,8 +148,7 @@ class Candidates:
         q = enc.info[0]
         tokens = list(q.tokens)
         words = p.lexicon.attributes, p.lexicon.concepts
-        exists = existence_wording(tokens, *words) if self.wording_roots else None
-        shape = AnswerShape.of(p.domain, e.answer, asked_answer(tokens, *words), exists, self.wording_roots)
+        shape = AnswerShape.of_wording(p.domain, e.answer, tokens, *words, self.wording_roots)
         key = signature(q, shape)
         actions = self.searches.get(key)
         if actions is None:
