@@ -237,10 +237,12 @@ def test_the_shipped_full_config_reads_no_programs_and_its_lessons_parse():
     assert lessons[0].max_objects < lessons[-1].max_objects
 
 
-def test_resume_in_the_middle_of_a_lesson_is_exact(tmp_path, gen_root, domain):
+@pytest.mark.parametrize("parser_learns", [1, 0])
+def test_resume_in_the_middle_of_a_lesson_is_exact(tmp_path, gen_root, domain, parser_learns):
     """Three epochs straight, against two, then the third resumed from the second's checkpoint (lesson 2 has
-    two epochs, so the resume falls inside it): the same weights, optimiser steps and records."""
-    parser = {"lessons": [[1, 10, 9, 1, 1], [2, 10, 9, 1, 1]], "search_expansions": 2000}
+    two epochs, so the resume falls inside it): the same weights, optimiser steps and records; also where
+    lesson 2 keeps the parser fixed and reads its table of scores (recomputed on resuming)."""
+    parser = {"lessons": [[1, 10, 9, 1, 1], [2, 10, 9, 1, parser_learns]], "search_expansions": 2000}
     cfg = _cfg(save_interval=1, parser=parser)
     paths = _no_program_split(tmp_path, gen_root)
     torch.manual_seed(0)

@@ -61,6 +61,7 @@ from ..vocab import tokenize
 from .curves import plot_answers_curves
 from .fit_parser import checkpoint_with_parser
 from .harness import FitResult, Run
+from .parser_scores import ParserScores
 from .parser_supervised import build_vocab, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -218,12 +219,15 @@ def em_step(
     evidence: Evidence = Evidence(),
     grad_clip: float = 5.0,
     keep: int = 0,
+    scores: ParserScores | None = None,
 ) -> dict[str, Any]:
     """The EM step on perceived scenes (``rows``: each question's row of ``scene``; gradients reach perception
     through ``scene`` when ``lesson.perception``) for the questions that have candidates; returns loss, the share of
     questions whose most likely candidate answers right, the mean number of candidates, and the (question,
     candidate) pairs that answered right (``rewarded``). With ``keep``, only each question's ``keep`` candidates of
-    highest posterior (parser scored without gradients) are learnt from and reported."""
+    highest posterior (parser scored without gradients) are learnt from and reported. ``scores``: in a lesson where
+    the parser does not learn, the lesson's table of its scores of the candidates (:class:`ParserScores`), read
+    instead of scoring them again."""
     domain = parser.domain
     flat = [c for cands in candidates for c in cands]
     q_of = [i for i, cands in enumerate(candidates) for _ in cands]
@@ -239,38 +243,20 @@ def em_step(
     nodes = torch.tensor([float(len(c)) for c in flat], device=loss_c.device)
     evid = evidence.log_weight(loss_c, correct_c, nodes, out.referent_logp)  # (C,)
     evid_seen = evidence.log_weight(loss_c, correct_c, nodes, out.referent_logp, judge=False)  # (C,)
-    prior = evid.tolist()
-    sel = list(range(n_cands))
-    if keep > 0 and lesson.parser and n_cands > keep * n_q:
-        sel = _top_per_question(q_of, prior, 3 * keep)  # the answer and the prior first: no parser needed
-    # Teacher-forcing targets, each question encoded once (a candidate the parser cannot express is left out).
-    items: list[Target] = []
-    chosen: list[int] = []
-    by_q: dict[int, list[int]] = {}
-    for c in sel:
-        by_q.setdefault(q_of[c], []).append(c)
-    for i, cs in by_q.items():
-        for c, item in zip(cs, targets_of(parser, examples[i].question, [flat[c] for c in cs])):
-            if item is not None:
-                items.append(item)
-                chosen.append(c)
+    if scores is not None and not lesson.parser:  # a fixed parser's scores, read from the lesson's table
+        nll_all = [scores(examples[q_of[c]].question, flat[c]) for c in range(n_cands)]
+        chosen = [c for c in range(n_cands) if math.isfinite(nll_all[c])]
+        nll_c = torch.tensor([nll_all[c] for c in chosen], dtype=loss_c.dtype, device=loss_c.device)
+    else:
+        chosen, nll_c = _parser_nll(parser, examples, q_of, flat, evid.tolist(), lesson, keep)
     if not chosen:
         return {"loss": 0.0, "acc": 0.0, "n": 0, "candidates": 0.0, "rewarded": []}
-    if keep > 0 and lesson.parser and len(chosen) > keep * len(by_q):
-        # Then the parser, scored without gradients: each question's ``keep`` most probable candidates.
-        with torch.no_grad():
-            nll_all = program_nll(parser, collate(items, parser.grammar.num_fixed)).tolist()
-        best = _top_per_question(
-            [q_of[c] for c in chosen], [prior[c] - x for c, x in zip(chosen, nll_all)], keep
-        )
-        chosen, items = [chosen[k] for k in best], [items[k] for k in best]
     flat, q_of = [flat[c] for c in chosen], [q_of[c] for c in chosen]
     idx = torch.tensor(chosen, device=loss_c.device)
     loss_c, correct_c, evid, evid_seen = loss_c[idx], correct_c[idx], evid[idx], evid_seen[idx]
+    nll_c = nll_c.to(loss_c.device)
     q = torch.tensor(q_of, device=loss_c.device)
     Q = len(examples)
-    with torch.set_grad_enabled(lesson.parser):
-        nll_c = program_nll(parser, collate(items, parser.grammar.num_fixed)).to(loss_c.device)  # (C,)
     # The parser's weights judge each answer right or wrong (Evidence.wrong_answer_cost); perception's forgive a
     # wrong one: a program perception still answers wrong is exactly what perception must learn from.
     w_parser = _posterior(q, Q, (-nll_c).detach() + evid)
@@ -298,6 +284,48 @@ def em_step(
         "candidates": n_cands / n_q,
         "rewarded": [(q_of[c], flat[c]) for c in torch.nonzero(correct_c).flatten().tolist()],
     }
+
+
+def _parser_nll(
+    parser: Parser,
+    examples: Sequence[ParserExample],
+    q_of: Sequence[int],
+    flat: Sequence[Program],
+    prior: Sequence[float],
+    lesson: Lesson,
+    keep: int,
+) -> tuple[list[int], Tensor]:
+    """The candidates (indices into ``flat``) that the EM step learns from and the parser's negative
+    log-likelihood of each (with gradients when ``lesson.parser``). With ``keep``, each question's ``keep`` of
+    highest posterior: first ``3 * keep`` by the evidence (``prior``), then by the parser scored without
+    gradients. A candidate the parser cannot express is left out."""
+    n_q = len(set(q_of))
+    sel = list(range(len(flat)))
+    if keep > 0 and lesson.parser and len(flat) > keep * n_q:
+        sel = _top_per_question(q_of, prior, 3 * keep)  # the answer and the prior first: no parser needed
+    # Teacher-forcing targets, each question encoded once.
+    items: list[Target] = []
+    chosen: list[int] = []
+    by_q: dict[int, list[int]] = {}
+    for c in sel:
+        by_q.setdefault(q_of[c], []).append(c)
+    for i, cs in by_q.items():
+        for c, item in zip(cs, targets_of(parser, examples[i].question, [flat[c] for c in cs])):
+            if item is not None:
+                items.append(item)
+                chosen.append(c)
+    if not chosen:
+        return [], torch.zeros(0)
+    if keep > 0 and lesson.parser and len(chosen) > keep * len(by_q):
+        with torch.no_grad():
+            nll_all = program_nll(parser, collate(items, parser.grammar.num_fixed)).tolist()
+        best = _top_per_question(
+            [q_of[c] for c in chosen], [prior[c] - x for c, x in zip(chosen, nll_all)], keep
+        )
+        chosen, items = [chosen[k] for k in best], [items[k] for k in best]
+    with torch.set_grad_enabled(lesson.parser):
+        nll = program_nll(parser, collate(items, parser.grammar.num_fixed))  # (C,)
+    return chosen, nll
 
 
 def _posterior(q: Tensor, n: int, score: Tensor) -> Tensor:
@@ -379,6 +407,16 @@ def fit_from_answers(
                 "lesson %d: %d questions (<= %d objects, <= %d words), %d with candidates (search %.0fs)",
                 li, len(pool), lesson.max_objects, lesson.max_words, len(usable), time.time() - t0,
             )  # fmt: skip
+            scores = None
+            if lesson.perception and not lesson.parser and not lesson.proposals:
+                t0 = time.time()
+                scores = ParserScores.compute(parser, usable, cands)
+                log.info(
+                    "lesson %d: the fixed parser scored %d candidates (%.0fs)",
+                    li,
+                    len(scores),
+                    time.time() - t0,
+                )
             for k in range(lesson.epochs):
                 epoch += 1
                 if epoch <= done:
@@ -397,7 +435,7 @@ def fit_from_answers(
                     s = em_step(
                         parser, scene, batch, [row_of[e.image_index] for e in batch],
                         cands.with_proposals(batch, lesson.proposals), opt, lesson, compiler, evidence,
-                        pcfg.grad_clip, pcfg.candidates_kept,
+                        pcfg.grad_clip, pcfg.candidates_kept, scores,
                     )  # fmt: skip
                     if lesson.proposals:
                         for i, prog in s["rewarded"]:
