@@ -38,9 +38,8 @@ def setting(gen_split, domain):
 
 def test_the_table_holds_what_scoring_each_candidate_alone_gives(setting, domain):
     parser, cands, ex = setting
-    table = ParserScores.compute(
-        parser, [*ex, ex[0]], cands, chunk=3
-    )  # a question asked twice is scored once
+    # A question asked twice is scored once; small chunks and windows.
+    table = ParserScores.compute(parser, [*ex, ex[0]], cands, chunk=3, window=2)
     pairs = {(e.question, p) for e in ex for p in cands(e)}
     assert len(table) == len(pairs)
     parser.eval()
@@ -49,7 +48,7 @@ def test_the_table_holds_what_scoring_each_candidate_alone_gives(setting, domain
             alone = program_nll(parser, collate([target_of(parser, q, p)], parser.grammar.num_fixed))
             assert table(q, p) == pytest.approx(float(alone), abs=1e-4)
     # Chunks change how the work is batched, not the numbers.
-    other = ParserScores.compute(parser, ex, cands, chunk=1000)
+    other = ParserScores.compute(parser, ex, cands, chunk=1000, window=1)
     assert other.nll.keys() == table.nll.keys()
     assert all(other.nll[k] == pytest.approx(v, abs=1e-4) for k, v in table.nll.items())
 

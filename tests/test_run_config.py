@@ -87,14 +87,14 @@ def test_numeric_settings_checked():
 
 
 def test_shipped_configs_by_name_and_legacy_path(tmp_path, monkeypatch):
-    assert {"demo", "full", "long"} <= set(builtin_configs())
+    assert {"demo", "full", "full-quick", "long"} <= set(builtin_configs())
     text = (ROOT / "src" / "nscl" / "configs" / "demo.json").read_text()
     want = from_dict(TrainConfig, json.loads(text))
     monkeypatch.chdir(tmp_path)  # not the checkout: the package data is what is read
     assert load_config("demo") == want
     assert load_config("configs/demo.json") == want  # the path the README used before configs moved
     assert load_config("long").epochs == 40
-    with pytest.raises(DataError, match="nope.json: no such config file .*demo, full, long"):
+    with pytest.raises(DataError, match="nope.json: no such config file .*demo, full, full-quick, long"):
         load_config("nope.json")
     own = tmp_path / "mine.json"
     own.write_text(json.dumps({"epochs": 3, "threads": 1}))

@@ -35,24 +35,26 @@ class ParserScores:
         parser: Parser,
         examples: Sequence[ParserExample],
         candidates: Callable[[ParserExample], Sequence[Program]],
-        chunk: int = 512,
+        chunk: int = 256,
+        window: int = 16,
     ) -> ParserScores:
-        """Score each example's candidates (questions asked twice are scored once), ``chunk`` programs to a
-        batch, without gradients and with the parser in eval mode."""
+        """Score each example's candidates (questions asked twice are scored once) without gradients, with the
+        parser in eval mode. Targets are gathered ``window x chunk`` at a time and sorted by program length, so
+        that each batch of ``chunk`` pads little."""
         parser.eval()
         scores = cls()
-        items: list[Target] = []
-        keys: list[tuple[str, Program]] = []
+        items: list[tuple[tuple[str, Program], Target]] = []
         pending: set[tuple[str, Program]] = set()
 
         def flush() -> None:
-            if items:
+            items.sort(key=lambda kv: (len(kv[1].slots), len(kv[1].ids)))
+            for s in range(0, len(items), chunk):
+                part = items[s : s + chunk]
                 with torch.no_grad():
-                    got = program_nll(parser, collate(items, parser.grammar.num_fixed)).tolist()
-                scores.nll.update(zip(keys, got))
-                items.clear()
-                keys.clear()
-                pending.clear()
+                    got = program_nll(parser, collate([t for _, t in part], parser.grammar.num_fixed))
+                scores.nll.update(zip((k for k, _ in part), got.tolist()))
+            items.clear()
+            pending.clear()
 
         for e in examples:
             progs = [
@@ -64,10 +66,9 @@ class ParserScores:
                 if item is None:
                     scores.nll[(e.question, p)] = math.inf
                 else:
-                    items.append(item)
-                    keys.append((e.question, p))
+                    items.append(((e.question, p), item))
                     pending.add((e.question, p))
-            if len(items) >= chunk:
+            if len(items) >= window * chunk:
                 flush()
         flush()
         return scores
