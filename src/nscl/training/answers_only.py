@@ -16,7 +16,7 @@ questions by what a user has (the number of boxes, the number of words) and say 
 curriculum does: object-level concepts on small scenes and short questions first, then longer ones, then every
 question with perception fixed, then everything jointly; ``configs/full.json`` then trains perception alone under the
 fixed parser, whose scores of the candidates are computed once for the lesson (:mod:`.parser_scores`; a step then
-costs a seventh), and ends with one joint epoch. The learning rate follows
+costs about a sixth), and ends with one joint epoch. The learning rate follows
 ``lr_schedule`` over the epochs of all lessons. Every epoch writes a checkpoint that ``--resume`` continues exactly.
 """
 

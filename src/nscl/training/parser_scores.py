@@ -4,8 +4,8 @@ learns and the parser does not: ``parser.lessons`` rows ``[.., 1, 0]``).
 While the parser does not learn, its probability of a candidate program given the question does not change
 (eval mode: no dropout), so the EM step need not re-score the candidates at every step: it reads their
 negative log-likelihoods from this table and pays only for perception and the candidates' execution. The table
-is computed over the lesson's questions in their given order and fixed chunks, so a run resumed in the middle of
-the lesson computes the same numbers.
+is computed over the lesson's questions in their given order, in windows sorted by program length (a stable sort),
+so a run resumed in the middle of the lesson computes the same numbers.
 """
 
 from __future__ import annotations
