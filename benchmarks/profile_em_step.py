@@ -29,7 +29,6 @@ from nscl.inference.examples import ParserExample, image_batches
 from nscl.inference.load import load
 from nscl.models.executor import Compiler
 from nscl.training.parser_supervised import make_optimizer
-from nscl.vocab import tokenize
 
 PHASES = (
     "batch",
@@ -82,9 +81,7 @@ def main() -> None:
     examples = [
         ParserExample(q.question, q.image_index, q.answer, None, None, q.index)
         for q in split.questions
-        if q.answer is not None
-        and n_objects[q.image_index] <= lesson.max_objects
-        and len(tokenize(q.question)) <= lesson.max_words
+        if q.answer is not None and lesson.takes(n_objects[q.image_index], q.question)
     ]
     opt = make_optimizer(list(model.parameters()) + list(parser.parameters()), cfg.lr, cfg.weight_decay)
     cands = ao.Candidates.from_config(parser, pcfg)
@@ -102,7 +99,7 @@ def main() -> None:
     n_cands = []
     batches = image_batches(examples, cfg.batch_size, np.random.default_rng(0))[: args.warmup + args.steps]
     scores, table = None, ""
-    if lesson.perception and not lesson.parser and not lesson.proposals:  # as fit_from_answers does
+    if lesson.scores_once:  # as fit_from_answers does
         used = [examples[i] for idx in batches for i in idx]
         for e in used:
             cands(e)  # searched outside the clock

@@ -78,6 +78,17 @@ def test_search_limits_are_reported(domain, grammar):
 
 def test_lessons_rows_are_checked():
     assert Lesson.from_row([2, 3, 10, 1, 0]) == Lesson(2, 3, 10, True, False)
+    # Words are the tokenizer's, the question mark included: "Is there a cube?" is 5.
+    assert Lesson(2, 3, 5, True, False).takes(3, "Is there a cube?")
+    assert not Lesson(2, 3, 5, True, False).takes(4, "Is there a cube?")
+    assert not Lesson(2, 3, 4, True, False).takes(3, "Is there a cube?")
+    # The fixed parser's table: perception learns, the parser does not, no proposals.
+    assert [Lesson.from_row(r).scores_once for r in ([1, 3, 9, 1, 0], [1, 3, 9, 1, 1], [1, 3, 9, 0, 0])] == [
+        True,
+        False,
+        False,
+    ]
+    assert not Lesson.from_row([1, 3, 9, 1, 0, 2]).scores_once
     with pytest.raises(NSCLError, match="each row is"):
         Lesson.from_row([2, 3, 10])
 

@@ -88,6 +88,16 @@ class Lesson:
         e, s, w, p, q, *k = (int(v) for v in row)
         return cls(e, s, w, bool(p), bool(q), k[0] if k else 0)
 
+    def takes(self, n_objects: int, question: str) -> bool:
+        """Whether a question with this many objects in its scene is one of the lesson's (words as tokenized)."""
+        return n_objects <= self.max_objects and len(tokenize(question)) <= self.max_words
+
+    @property
+    def scores_once(self) -> bool:
+        """Whether the lesson reads the fixed parser's scores from a table computed at its start
+        (:class:`ParserScores`): perception learns, the parser does not, and no proposals change the candidates."""
+        return self.perception and not self.parser and not self.proposals
+
 
 class Candidates:
     """Each question's candidate programs. A search is kept by its signature (where the question's concept,
@@ -396,12 +406,7 @@ def fit_from_answers(
             if epoch + lesson.epochs <= done:  # a lesson finished before the resumed checkpoint
                 epoch += lesson.epochs
                 continue
-            pool = [
-                e
-                for e in train_ex
-                if n_objects[e.image_index] <= lesson.max_objects
-                and len(tokenize(e.question)) <= lesson.max_words
-            ]
+            pool = [e for e in train_ex if lesson.takes(n_objects[e.image_index], e.question)]
             t0 = time.time()
             found = [cands(e) for e in pool]
             usable = [e for e, c in zip(pool, found) if c or lesson.proposals]
@@ -410,7 +415,7 @@ def fit_from_answers(
                 li, len(pool), lesson.max_objects, lesson.max_words, len(usable), time.time() - t0,
             )  # fmt: skip
             scores = None
-            if lesson.perception and not lesson.parser and not lesson.proposals:
+            if lesson.scores_once:
                 t0 = time.time()
                 scores = ParserScores.compute(parser, usable, cands)
                 log.info(
