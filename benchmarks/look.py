@@ -20,6 +20,7 @@ from PIL import Image
 
 from machine import machine_line
 from nscl.domain import builtin_domain
+from nscl.generate.blender import BlenderImage, render_blender
 from nscl.generate.camera import Camera, clevr_lamps
 from nscl.generate.geometry import RenderObject
 from nscl.generate.render import render
@@ -28,10 +29,9 @@ from nscl.generate.scene_masks import MaskConfig, annotate_scenes_file, decode_m
 REAL = Path(__file__).resolve().parents[2] / "shared" / "clevr" / "real-dev"
 
 
-def rerender(scene: dict, supersample: int, seed: int) -> np.ndarray:
-    """(320, 480, 3) uint8: our render of an annotated CLEVR scene."""
+def scene_objects(scene: dict) -> list[RenderObject]:
     app = builtin_domain().appearance
-    objs = [
+    return [
         RenderObject(
             shape=str(app["shape"][o["shape"]]),
             center=tuple(o["3d_coords"]),
@@ -42,8 +42,33 @@ def rerender(scene: dict, supersample: int, seed: int) -> np.ndarray:
         )
         for o in scene["objects"]
     ]
+
+
+def rerender(scene: dict, supersample: int, seed: int) -> np.ndarray:
+    """(320, 480, 3) uint8: our render of an annotated CLEVR scene."""
     camera = Camera(position=tuple(scene["camera_fit"]["position"]))
-    return render(objs, camera, clevr_lamps(None), 480, 320, supersample=supersample, seed=seed).image
+    return render(
+        scene_objects(scene), camera, clevr_lamps(None), 480, 320, supersample=supersample, seed=seed
+    ).image
+
+
+def rerender_blender(scenes: list[dict], samples: int, tmp: Path) -> list[np.ndarray]:
+    """(320, 480, 3) uint8 each: the scenes rendered by ``nscl generate --renderer blender``'s back-end."""
+    images = [
+        BlenderImage(
+            tmp / f"{i}.png",
+            scene_objects(s),
+            Camera(position=tuple(s["camera_fit"]["position"])),
+            clevr_lamps(None),
+            480,
+            320,
+            samples,
+            i,
+        )
+        for i, s in enumerate(scenes)
+    ]
+    render_blender(images)
+    return [np.asarray(Image.open(im.output).convert("RGB")) for im in images]
 
 
 def stats(image: np.ndarray, scene: dict) -> dict[str, list[tuple[float, float]]]:
@@ -64,6 +89,13 @@ def main() -> None:
     ap.add_argument("--real", type=Path, default=REAL)
     ap.add_argument("--supersample", type=int, default=2)
     ap.add_argument("--figure", type=Path, default=None)
+    ap.add_argument(
+        "--renderer",
+        choices=["numpy", "blender"],
+        default="numpy",
+        help="whose render to compare with the real one",
+    )
+    ap.add_argument("--blender-samples", type=int, default=64)
     args = ap.parse_args()
     print(machine_line())
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,18 +104,20 @@ def main() -> None:
             args.real / "CLEVR_train_scenes.json", out, builtin_domain(), MaskConfig(workers=1)
         )
         scenes = json.loads(out.read_text())["scenes"]
+        if args.renderer == "blender":
+            blender_images = rerender_blender(scenes, args.blender_samples, Path(tmp))
     real_stats: dict[str, list] = {}
     our_stats: dict[str, list] = {}
     pictures = []
     for i, s in enumerate(scenes):
         real = np.asarray(Image.open(args.real / "images" / "train" / s["image_filename"]).convert("RGB"))
-        ours = rerender(s, args.supersample, i)
+        ours = blender_images[i] if args.renderer == "blender" else rerender(s, args.supersample, i)
         pictures.append((real, ours))
         for acc, img in ((real_stats, real), (our_stats, ours)):
             for k, v in stats(img, s).items():
                 acc.setdefault(k, []).extend(v)
     print(
-        "\n| brightness inside the same masks | real CLEVR (Blender) 99th pct / median | ours 99th pct / median | objects |"
+        f"\n| brightness inside the same masks | real CLEVR (Blender) 99th pct / median | {args.renderer} 99th pct / median | objects |"
     )
     print("| --- | --- | --- | --- |")
     for k in ("metal", "rubber", "floor"):

@@ -120,6 +120,10 @@ def _generate_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--supersample", type=int, default=2, help="antialiasing rays per pixel side")
     p.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
+    renderers = "numpy: our ray caster; blender: Cycles, as CLEVR was made (needs Blender; slow)"
+    p.add_argument("--renderer", choices=["numpy", "blender"], default="numpy", help=renderers)
+    p.add_argument("--blender-samples", type=int, default=64, help="Cycles samples per pixel [64]")
+    p.add_argument("--blender", default="blender", help="the Blender executable [blender]")
     p.add_argument(
         "--shard",
         default=None,
@@ -153,6 +157,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
             supersample=args.supersample,
             workers=args.workers,
             shard=args.shard,
+            renderer=args.renderer,
+            blender_samples=args.blender_samples,
+            blender=args.blender,
         )
     except ValueError as e:
         raise NSCLError(str(e)) from None

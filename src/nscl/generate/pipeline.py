@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from ..io import atomic_write, atomic_write_json, read_json
 from ..progress import progress_bar
 from ..symbolic import SceneFacts
 from ..vocab import Vocab
+from .blender import find_blender
 from .scene import SceneConfig, sample_scene
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,11 @@ class GenerateConfig:
     # without --shard, run where every shard's parts were gathered, writes the final files (the bytes of a run
     # without shards, since each chunk depends only on seed, split and chunk number)
     shard: str | None = None
+    renderer: str = (
+        "numpy"  # "numpy" (ours, fast) or "blender" (Cycles, CLEVR's look; needs Blender installed)
+    )
+    blender_samples: int = 64  # Cycles samples per pixel with renderer "blender"
+    blender: str = "blender"  # the Blender executable
 
     def __post_init__(self) -> None:
         # Validate up front (clear one-line errors before anything is written).
@@ -68,7 +74,9 @@ class GenerateConfig:
             height=self.height,
             cogent=self.cogent,
         )
-        for name in ("supersample", "chunk_size", "questions_per_image"):
+        if self.renderer not in ("numpy", "blender"):
+            raise ValueError(f"renderer must be numpy or blender, got {self.renderer!r}")
+        for name in ("supersample", "chunk_size", "questions_per_image", "blender_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("train_images", "val_images", "test_images", "workers"):
@@ -98,8 +106,11 @@ class GenerateConfig:
     def fingerprint(self) -> str:
         """Everything that determines the output (not the worker count)."""
         d = asdict(self)
-        for k in ("out", "workers", "shard"):
+        for k in ("out", "workers", "shard", "blender"):
             d.pop(k)
+        if self.renderer == "numpy":  # as before the Blender back-end existed
+            for k in ("renderer", "blender_samples"):
+                d.pop(k)
         d["version"] = __version__
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -112,6 +123,7 @@ class ChunkJob:
     chunk: int
     start: int
     stop: int
+    threads: int = 0  # Blender's render threads (0: all cores); the NumPy renderer runs on one
 
 
 def _save_png(path: Path, image: np.ndarray) -> None:
@@ -122,8 +134,9 @@ def _save_png(path: Path, image: np.ndarray) -> None:
 
 def run_chunk(job: ChunkJob) -> dict:
     """Render and question one chunk; returns its scene and question records."""
+    from .blender import BlenderImage, render_blender
     from .questions import QuestionEngine
-    from .render import render
+    from .render import render, render_ids
     from .scene_masks import encode_masks
     from .template_files import load_synonyms, load_templates
 
@@ -146,24 +159,40 @@ def run_chunk(job: ChunkJob) -> dict:
     rng = np.random.default_rng(seq)
     image_dir = Path(cfg.out) / job.split / "images"
     scenes, questions = [], []
+    for_blender: list[BlenderImage] = []
     for index in range(job.start, job.stop):
         filename = f"{cfg.prefix}_{job.split}_{index:06d}.png"
         sampled = sample_scene(domain, scfg, rng, index, job.split, filename)
-        result = render(
-            sampled.objects,
-            sampled.camera,
-            sampled.lamps,
-            cfg.width,
-            cfg.height,
-            supersample=cfg.supersample,
-            seed=int(rng.integers(2**31)),
-        )
+        seed = int(rng.integers(2**31))  # drawn by both renderers: scenes and questions do not depend on it
+        if cfg.renderer == "blender":
+            ids = render_ids(sampled.objects, sampled.camera, cfg.width, cfg.height)
+            for_blender.append(
+                BlenderImage(
+                    image_dir / filename,
+                    sampled.objects,
+                    sampled.camera,
+                    sampled.lamps,
+                    cfg.width,
+                    cfg.height,
+                    cfg.blender_samples,
+                    seed,
+                )
+            )
+        else:
+            result = render(
+                sampled.objects,
+                sampled.camera,
+                sampled.lamps,
+                cfg.width,
+                cfg.height,
+                supersample=cfg.supersample,
+                seed=seed,
+            )
+            ids = result.object_ids
+            _save_png(image_dir / filename, result.image)
         record = sampled.record
-        for obj, (rle, box, _area) in zip(
-            record["objects"], encode_masks(result.object_ids, len(record["objects"]))
-        ):
+        for obj, (rle, box, _area) in zip(record["objects"], encode_masks(ids, len(record["objects"]))):
             obj["mask"], obj["box"] = rle, box  # every object is visible (the scene sampler ensures it)
-        _save_png(image_dir / filename, result.image)
         scenes.append(record)
         facts = SceneFacts(
             tuple({a.name: o[a.name] for a in domain.attributes} for o in record["objects"]),
@@ -182,6 +211,7 @@ def run_chunk(job: ChunkJob) -> dict:
                     "template_filename": q.template_filename,
                 }
             )
+    render_blender(for_blender, cfg.blender, job.threads)
     return {"scenes": scenes, "questions": questions}
 
 
@@ -272,6 +302,11 @@ def generate_dataset(cfg: GenerateConfig, domain: Domain, progress: bool = True)
             for tmp in folder.glob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
     workers = cfg.workers or os.cpu_count() or 1
+    if cfg.renderer == "blender":
+        find_blender(cfg.blender)  # before any work, with a clear error
+        if len(todo) > 1:
+            share = max(1, (os.cpu_count() or 1) // min(workers, len(todo)))
+            todo = [replace(j, threads=share) for j in todo]
     total = sum(j.stop - j.start for j in todo)
     with progress_bar(None, progress and total > 0, total=total, unit="img", desc="generate") as bar:
 
