@@ -104,6 +104,7 @@ def main() -> None:
             args.real / "CLEVR_train_scenes.json", out, builtin_domain(), MaskConfig(workers=1)
         )
         scenes = json.loads(out.read_text())["scenes"]
+        blender_images: list[np.ndarray] = []
         if args.renderer == "blender":
             blender_images = rerender_blender(scenes, args.blender_samples, Path(tmp))
     real_stats: dict[str, list] = {}
@@ -111,7 +112,7 @@ def main() -> None:
     pictures = []
     for i, s in enumerate(scenes):
         real = np.asarray(Image.open(args.real / "images" / "train" / s["image_filename"]).convert("RGB"))
-        ours = blender_images[i] if args.renderer == "blender" else rerender(s, args.supersample, i)
+        ours = blender_images[i] if blender_images else rerender(s, args.supersample, i)
         pictures.append((real, ours))
         for acc, img in ((real_stats, real), (our_stats, ours)):
             for k, v in stats(img, s).items():

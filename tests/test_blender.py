@@ -7,9 +7,12 @@ paths run everywhere, with a stand-in ``blender`` script.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
-from dataclasses import replace
+import subprocess
+import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +28,18 @@ from nscl.generate.geometry import RenderObject
 from nscl.generate.pipeline import GenerateConfig, generate_dataset
 
 W, H = 96, 64
-needs_blender = pytest.mark.skipif(shutil.which("blender") is None, reason="Blender is not installed")
+
+
+def _blender_3() -> bool:
+    """Blender 3.x is installed (the back-end is written for 3.x; 4 renamed shaders it uses)."""
+    path = shutil.which("blender")
+    if path is None:
+        return False
+    said = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=120).stdout
+    return said.startswith("Blender 3.")
+
+
+needs_blender = pytest.mark.skipif(not _blender_3(), reason="Blender 3.x is not installed")
 
 
 def cfg(out: Path, **kw) -> GenerateConfig:
@@ -46,16 +60,48 @@ def fake_blender(tmp_path: Path, body: str) -> str:
     return str(exe)
 
 
+FAKE_RENDERER = """
+import json, sys
+from PIL import Image
+args = sys.argv[sys.argv.index("--") + 1:]
+job = json.load(open(args[0]))
+with open(LOG, "a") as log:
+    log.write(json.dumps({"argv": sys.argv[1:], "threads": job["threads"], "n": len(job["images"])}) + "\\n")
+for img in job["images"]:
+    Image.new("RGB", (img["width"], img["height"]), (len(img["objects"]) * 20, 90, 90)).save(img["output"])
+"""
+
+
+def fake_renderer(tmp_path: Path) -> tuple[str, Path]:
+    """A stand-in Blender that writes a flat image per job entry (its colour counts the objects) and logs its calls."""
+    log = tmp_path / "calls.jsonl"
+    exe = tmp_path / "fake-cycles"
+    exe.write_text(f"#!{sys.executable}\nLOG = {str(log)!r}\n" + FAKE_RENDERER)
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    return str(exe), log
+
+
 # ------------------------------------------------------------------------------------------------ settings
 def test_numpy_fingerprint_is_unchanged_by_blender_settings(tmp_path):
-    """Datasets made before the back-end existed stay complete: a NumPy config's fingerprint ignores the Blender
-    settings; a Blender config's depends on them."""
+    """Datasets made before the back-end existed stay complete: a NumPy config's fingerprint is the hash of the
+    settings without the Blender ones; a Blender config's depends on its samples, not on the ray caster's
+    supersampling."""
+    import hashlib
+
+    from nscl import __version__
+
     base = cfg(tmp_path)
+    d = asdict(base)
+    for k in ("out", "workers", "shard", "renderer", "blender_samples", "blender"):
+        d.pop(k)
+    d["version"] = __version__
+    before = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    assert base.fingerprint() == before
     assert replace(base, blender_samples=7, blender="/opt/b").fingerprint() == base.fingerprint()
     bl = replace(base, renderer="blender")
     assert bl.fingerprint() != base.fingerprint()
     assert replace(bl, blender_samples=7).fingerprint() != bl.fingerprint()
-    assert replace(bl, blender="/opt/b").fingerprint() == bl.fingerprint()
+    assert replace(bl, blender="/opt/b", supersample=3).fingerprint() == bl.fingerprint()
 
 
 @pytest.mark.parametrize("bad", [{"renderer": "mitsuba"}, {"blender_samples": 0}])
@@ -89,12 +135,46 @@ def test_a_failing_blender_is_quoted_and_leaves_no_image(tmp_path):
     assert not (tmp_path / "img").exists()
 
 
+def test_the_failing_image_is_named(tmp_path):
+    exe = fake_blender(
+        tmp_path, 'echo "nscl-blender: error: image 1: RuntimeError: no such node" >&2; exit 1'
+    )
+    with pytest.raises(NSCLError, match=r"exit 1\): b.png: RuntimeError: no such node"):
+        render_blender([one_image(tmp_path / "a.png"), one_image(tmp_path / "b.png")], exe)
+    assert not list(tmp_path.glob("*.png"))
+
+
 def test_a_blender_that_writes_nothing_is_an_error(tmp_path):
     exe = fake_blender(tmp_path, "exit 0")
     out = tmp_path / "a.png"
     with pytest.raises(NSCLError, match="a.png was not written"):
         render_blender([one_image(out)], exe)
     assert not out.exists()
+
+
+def test_generate_with_a_stand_in_blender(tmp_path, domain: Domain):
+    """The pipeline around Blender, with a stand-in: each image lands where the scene says, one Blender call per
+    chunk with the cores shared among the workers, no work folder left, scenes as the ray caster's; a rerun after
+    a kill removes the work folder it left."""
+    exe, log = fake_renderer(tmp_path)
+    np_root, bl_root = tmp_path / "np", tmp_path / "bl"
+    generate_dataset(cfg(np_root), domain, progress=False)
+    leftover = bl_root / "val" / ".blender-killed.tmp"
+    leftover.mkdir(parents=True)
+    (leftover / "000000.png").write_bytes(b"half")
+    settings = cfg(bl_root, renderer="blender", blender=exe, val_images=4, chunk_size=2, workers=2)
+    generate_dataset(settings, domain, progress=False)
+    generate_dataset(cfg(np_root, val_images=4, chunk_size=2), domain, progress=False)
+    scenes = read(bl_root / "val" / "scenes.json")["scenes"]
+    assert scenes == read(np_root / "val" / "scenes.json")["scenes"]
+    for s in scenes:
+        image = np.asarray(Image.open(bl_root / "val" / "images" / s["image_filename"]))
+        assert image.shape == (H, W, 3) and image[0, 0, 0] == len(s["objects"]) * 20
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    cores = len(os.sched_getaffinity(0))
+    assert [c["n"] for c in calls] == [2, 2] and {c["threads"] for c in calls} == {max(1, cores // 2)}
+    assert "--python-exit-code" in calls[0]["argv"]
+    assert not list((bl_root / "val").glob(".*.tmp")) and not list((bl_root / "val" / "images").glob(".*"))
 
 
 # --------------------------------------------------------------------------------------------- rendering

@@ -119,7 +119,7 @@ def _generate_flags(p: argparse.ArgumentParser) -> None:
         "--synonyms", default=None, help="CLEVR-format synonyms.json for --templates (default: ours)"
     )
     p.add_argument("--supersample", type=int, default=2, help="antialiasing rays per pixel side")
-    p.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=0, help="processes (default: all cores; 1 for blender)")
     renderers = "numpy: our ray caster; blender: Cycles, as CLEVR was made (needs Blender; slow)"
     p.add_argument("--renderer", choices=["numpy", "blender"], default="numpy", help=renderers)
     p.add_argument("--blender-samples", type=int, default=64, help="Cycles samples per pixel [64]")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -71,47 +72,79 @@ def find_blender(executable: str = "blender") -> str:
     return path
 
 
-def render_blender(images: Sequence[BlenderImage], executable: str = "blender", threads: int = 0) -> None:
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: Blender gets SIGTERM when the process that started it dies (a killed ``nscl generate``)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _why(output: str, images: Sequence[BlenderImage]) -> str:
+    """The script's own error line (naming the image it failed on), else Blender's last line that says error."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        m = re.match(r"nscl-blender: error: image (\d+): (.*)", ln)
+        if m and int(m.group(1)) < len(images):
+            return f"{images[int(m.group(1))].output.name}: {m.group(2)}"
+        if ln.startswith("nscl-blender: error:"):
+            return ln.removeprefix("nscl-blender: error:").strip()
+    said = [ln for ln in lines if "error" in ln.lower()]
+    return (said or lines or ["no output"])[-1]
+
+
+def render_blender(
+    images: Sequence[BlenderImage],
+    executable: str = "blender",
+    threads: int = 0,
+    work_dir: Path | None = None,
+) -> None:
     """Render ``images`` in one Blender process; each lands at its ``output`` only once complete.
 
     Args:
         threads: Cycles' render threads (0: all cores).
+        work_dir: where the job file and the unfinished images live (a ``.blender-*.tmp`` folder inside it; the
+            system's temporary folder if None). ``nscl generate`` passes the split's folder, whose ``.*.tmp``
+            leftovers a rerun removes.
 
     Raises:
-        NSCLError: Blender is missing, fails, or leaves an image unwritten (its last error line is quoted).
+        NSCLError: Blender is missing, fails, or leaves an image unwritten (naming the image and Blender's error).
     """
     if not images:
         return
     blender = find_blender(executable)
-    with tempfile.TemporaryDirectory(prefix="nscl-blender-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=".blender-", suffix=".tmp", dir=work_dir) as tmp:
         tmp_dir = Path(tmp)
         outputs = [tmp_dir / f"{i:06d}.png" for i in range(len(images))]
         job = {"threads": threads, "images": [im.job(out) for im, out in zip(images, outputs)]}
         job_path = tmp_dir / "job.json"
         job_path.write_text(json.dumps(job))
-        cmd = [blender, "-b", "--factory-startup", "-noaudio", "--python", str(_SCRIPT), "--", str(job_path)]
+        cmd = [blender, "-b", "--factory-startup", "-noaudio", "--python-exit-code", "1"]
+        cmd += ["--python", str(_SCRIPT), "--", str(job_path)]
+        # Blender runs its own Python: a virtual environment's settings must not reach it.
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+        env["PYTHONNOUSERSITE"] = "1"
+        limit = _TIMEOUT_PER_IMAGE_S * len(images)
         try:
             proc = subprocess.run(
-                cmd,
-                capture_output=True,
-                text=True,
-                timeout=_TIMEOUT_PER_IMAGE_S * len(images),
-                env={**os.environ, "PYTHONNOUSERSITE": "1"},
+                cmd, capture_output=True, text=True, timeout=limit, env=env, preexec_fn=_die_with_parent
             )
         except subprocess.TimeoutExpired:
             raise NSCLError(
-                f"blender: timed out rendering {len(images)} images ({images[0].output.name}, ...)"
+                f"blender: {len(images)} images ({images[0].output.name} to {images[-1].output.name}) took more "
+                f"than {limit:.0f} s"
             ) from None
         if proc.returncode != 0:
-            lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-            why = next(
-                (ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else "no output"
-            )
-            raise NSCLError(f"blender failed (exit {proc.returncode}) on {images[0].output.name}, ...: {why}")
+            why = _why(proc.stdout + "\n" + proc.stderr, images)
+            raise NSCLError(f"blender failed (exit {proc.returncode}): {why}")
         for im, out in zip(images, outputs):
             if not out.is_file():
                 raise NSCLError(f"blender: {im.output.name} was not written")
         for im, out in zip(images, outputs):
             im.output.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(out), im.output.with_name(f".{im.output.name}.tmp"))
-            os.replace(im.output.with_name(f".{im.output.name}.tmp"), im.output)
+            tmp_name = im.output.with_name(f".{im.output.name}.tmp")
+            shutil.move(str(out), tmp_name)
+            os.replace(tmp_name, im.output)

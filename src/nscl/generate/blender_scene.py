@@ -226,22 +226,34 @@ def _object(i: int, o: dict) -> None:
 
 def render_job(job: dict) -> None:
     threads = int(job.get("threads", 0))
-    for img in job["images"]:
-        _reset()
-        _settings(img, threads)
-        _camera(img["camera"])
-        for i, lamp in enumerate(img["lamps"]):
-            _lamp(i, lamp)
-        _sun(_SUN_STRENGTH)
-        _backdrop(img["backdrop"])
-        for i, o in enumerate(img["objects"]):
-            _object(i, o)
-        bpy.context.scene.render.filepath = img["output"]
-        bpy.ops.render.render(write_still=True)
+    for index, img in enumerate(job["images"]):
+        try:
+            _render_one(img, threads)
+        except Exception as e:
+            raise RuntimeError(f"image {index}: {type(e).__name__}: {e}") from e
         print(f"nscl-blender: wrote {img['output']}", flush=True)
 
 
+def _render_one(img: dict, threads: int) -> None:
+    _reset()
+    _settings(img, threads)
+    _camera(img["camera"])
+    for i, lamp in enumerate(img["lamps"]):
+        _lamp(i, lamp)
+    _sun(_SUN_STRENGTH)
+    _backdrop(img["backdrop"])
+    for i, o in enumerate(img["objects"]):
+        _object(i, o)
+    bpy.context.scene.render.filepath = img["output"]
+    bpy.ops.render.render(write_still=True)
+
+
 def main(argv: list[str]) -> None:
+    if bpy.app.version[0] != 3:
+        raise RuntimeError(
+            f"written for Blender 3.x (Debian 12's 3.4), found {bpy.app.version_string}: Blender 4 renamed the "
+            "velvet and anisotropic shaders this scene uses"
+        )
     args = argv[argv.index("--") + 1 :] if "--" in argv else []
     if len(args) != 1:
         raise SystemExit("usage: blender -b --factory-startup --python blender_scene.py -- JOB.json")
@@ -253,5 +265,5 @@ if __name__ == "__main__":
     try:
         main(sys.argv)
     except Exception as e:  # Blender keeps running after a script error unless told otherwise
-        print(f"nscl-blender: error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        print(f"nscl-blender: error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)

@@ -52,7 +52,7 @@ class GenerateConfig:
     templates: str | None = None  # a folder of CLEVR-format template files; None = ours
     synonyms: str | None = None  # a CLEVR-format synonyms.json; None = ours
     supersample: int = 2
-    workers: int = 0  # 0 = all cores
+    workers: int = 0  # 0 = all cores (one process with renderer blender, which uses every core itself)
     chunk_size: int = 250
     prefix: str = "CLEVR"
     # "I/N" (0 <= I < N): make only the chunks c with c % N == I and keep them in <split>/.parts/; the same command
@@ -111,6 +111,8 @@ class GenerateConfig:
         if self.renderer == "numpy":  # as before the Blender back-end existed
             for k in ("renderer", "blender_samples"):
                 d.pop(k)
+        else:
+            d.pop("supersample")  # the ray caster's antialiasing; Blender's is its samples
         d["version"] = __version__
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -211,7 +213,7 @@ def run_chunk(job: ChunkJob) -> dict:
                     "template_filename": q.template_filename,
                 }
             )
-    render_blender(for_blender, cfg.blender, job.threads)
+    render_blender(for_blender, cfg.blender, job.threads, work_dir=image_dir.parent)
     return {"scenes": scenes, "questions": questions}
 
 
@@ -275,6 +277,8 @@ def generate_dataset(cfg: GenerateConfig, domain: Domain, progress: bool = True)
     if done_already is not None:
         log.info("%s already holds this dataset (same settings); nothing to do", out)
         return done_already
+    if cfg.renderer == "blender":
+        find_blender(cfg.blender)  # before anything is written, with a clear error
     jobs = [j for split, n in cfg.splits() for j in _jobs(cfg, domain, split, n)]
     results: dict[tuple[str, int], dict] = {}
     todo = []
@@ -300,13 +304,16 @@ def generate_dataset(cfg: GenerateConfig, domain: Domain, progress: bool = True)
         (out / split / "images").mkdir(parents=True, exist_ok=True)
         for folder in (out / split, out / split / "images"):  # temporary files of a killed run
             for tmp in folder.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
-    workers = cfg.workers or os.cpu_count() or 1
-    if cfg.renderer == "blender":
-        find_blender(cfg.blender)  # before any work, with a clear error
-        if len(todo) > 1:
-            share = max(1, (os.cpu_count() or 1) // min(workers, len(todo)))
-            todo = [replace(j, threads=share) for j in todo]
+                if tmp.is_dir():  # the Blender back-end's work folder
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    tmp.unlink(missing_ok=True)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = cfg.workers or cores
+    if cfg.renderer == "blender":  # one Blender on all cores unless --workers says otherwise
+        workers = cfg.workers or 1
+        share = max(1, cores // min(workers, max(1, len(todo))))
+        todo = [replace(j, threads=share) for j in todo]
     total = sum(j.stop - j.start for j in todo)
     with progress_bar(None, progress and total > 0, total=total, unit="img", desc="generate") as bar:
 
