@@ -123,56 +123,54 @@ def _backdrop(b: dict) -> None:
     mesh.update()
     for poly in mesh.polygons:
         poly.use_smooth = True
-    mat = bpy.data.materials.new("ground")
-    mat.use_nodes = True
-    nodes = mat.node_tree.nodes
-    nodes.clear()
-    out = nodes.new("ShaderNodeOutputMaterial")
+    mat, nodes, links, out = _material("ground")
     diffuse = nodes.new("ShaderNodeBsdfDiffuse")
     diffuse.inputs["Color"].default_value = (0.8, 0.8, 0.8, 1.0)
-    mat.node_tree.links.new(diffuse.outputs[0], out.inputs["Surface"])
+    links.new(diffuse.outputs[0], out.inputs["Surface"])
     mesh.materials.append(mat)
     obj = bpy.data.objects.new("ground", mesh)
     bpy.context.scene.collection.objects.link(obj)
 
 
-def _rubber(color: tuple) -> bpy.types.Material:
-    mat = bpy.data.materials.new("rubber")
+def _material(name: str) -> tuple:
+    """A new node material with only its output node: (material, nodes, links, output)."""
+    mat = bpy.data.materials.new(name)
     mat.use_nodes = True
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
     nodes.clear()
-    out = nodes.new("ShaderNodeOutputMaterial")
+    return mat, nodes, links, nodes.new("ShaderNodeOutputMaterial")
+
+
+def _fresnel_mix(nodes, links, ior: float, a, b):
+    """A mix shader of nodes ``a`` and ``b`` weighted by a Fresnel node of this index of refraction."""
+    fresnel = nodes.new("ShaderNodeFresnel")
+    fresnel.inputs["IOR"].default_value = ior
+    mix = nodes.new("ShaderNodeMixShader")
+    links.new(fresnel.outputs[0], mix.inputs["Fac"])
+    links.new(a.outputs[0], mix.inputs[1])
+    links.new(b.outputs[0], mix.inputs[2])
+    return mix
+
+
+def _rubber(color: tuple) -> bpy.types.Material:
+    mat, nodes, links, out = _material("rubber")
     diffuse = nodes.new("ShaderNodeBsdfDiffuse")
     velvet = nodes.new("ShaderNodeBsdfVelvet")
     velvet.inputs["Sigma"].default_value = 0.6
     for n in (diffuse, velvet):
         n.inputs["Color"].default_value = color
-    f1 = nodes.new("ShaderNodeFresnel")
-    f1.inputs["IOR"].default_value = 1.4
-    base = nodes.new("ShaderNodeMixShader")
-    links.new(f1.outputs[0], base.inputs["Fac"])
-    links.new(diffuse.outputs[0], base.inputs[1])
-    links.new(velvet.outputs[0], base.inputs[2])
+    base = _fresnel_mix(nodes, links, 1.4, diffuse, velvet)
     coat = nodes.new("ShaderNodeBsdfGlossy")
     coat.distribution = "BECKMANN"
     coat.inputs["Color"].default_value = (0.8, 0.8, 0.8, 1.0)
     coat.inputs["Roughness"].default_value = _RUBBER_COAT_ROUGHNESS
-    f2 = nodes.new("ShaderNodeFresnel")
-    f2.inputs["IOR"].default_value = 1.2
-    top = nodes.new("ShaderNodeMixShader")
-    links.new(f2.outputs[0], top.inputs["Fac"])
-    links.new(base.outputs[0], top.inputs[1])
-    links.new(coat.outputs[0], top.inputs[2])
+    top = _fresnel_mix(nodes, links, 1.2, base, coat)
     links.new(top.outputs[0], out.inputs["Surface"])
     return mat
 
 
 def _metal(color: tuple) -> bpy.types.Material:
-    mat = bpy.data.materials.new("metal")
-    mat.use_nodes = True
-    nodes, links = mat.node_tree.nodes, mat.node_tree.links
-    nodes.clear()
-    out = nodes.new("ShaderNodeOutputMaterial")
+    mat, nodes, links, out = _material("metal")
     lobes = []
     for _weight, roughness in _METAL_LOBES:
         n = nodes.new("ShaderNodeBsdfAnisotropic")
