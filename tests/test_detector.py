@@ -152,6 +152,26 @@ def test_training_overfits_tiny_split(overfit: tuple[Path, Path, dict]) -> None:
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["loss"] < 0.5 * lines[0]["loss"]
     assert metrics["val/recall"] == 1.0 and metrics["val/precision"] == 1.0
+    assert len(lines) == 40  # one line per epoch, the last one with the calibrated threshold
+    assert (
+        lines[-1]["threshold"]
+        == metrics["threshold"]
+        == load_detector(run / "checkpoint_last.pth").config.threshold
+    )
+
+
+def test_threshold_calibration_takes_the_best_balance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recall falls and precision rises with the threshold: the calibrated threshold is where the smaller of
+    the two is largest; when every threshold is perfect, the model's own one is kept."""
+    import nscl.training.detector as td
+
+    det = CenterDetector(DetectorConfig(height=48, width=8, head_channels=16, threshold=0.6))
+    curve = {"recall": lambda t: 1.0 - 0.1 * t, "precision": lambda t: 0.9 + 0.05 * t}
+    monkeypatch.setattr(td, "evaluate_detector", lambda m, d, dev, t: {k: f(t) for k, f in curve.items()})
+    # 1 - 0.1 t = 0.9 + 0.05 t at t = 2/3; on the grid min() peaks at 0.65 (0.9325 against 0.93 at 0.70)
+    assert td.calibrate_threshold(det, None, "cpu")[0] == 0.65
+    monkeypatch.setattr(td, "evaluate_detector", lambda m, d, dev, t: {"recall": 1.0, "precision": 1.0})
+    assert td.calibrate_threshold(det, None, "cpu")[0] == 0.6
 
 
 def test_training_is_deterministic(tmp_path: Path) -> None:

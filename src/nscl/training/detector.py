@@ -5,7 +5,8 @@ is decoded once, at the detector's working size, into one uint8 tensor. Each ste
 horizontal flips and photometric changes (brightness, contrast, saturation, per-channel gain, blur, noise),
 so that the network transfers from our renders to other renderers (Blender's CLEVR). After every epoch the
 held-out split is detected and scored (:func:`nscl.inference.detect.detection_metrics`), one log line is
-written, a line is appended to ``metrics.jsonl`` and ``checkpoint_last.pth`` is saved atomically.
+written, a line is appended to ``metrics.jsonl`` and ``checkpoint_last.pth`` is saved atomically. After the last
+epoch the score threshold stored with the model is calibrated on the held-out split (:func:`calibrate_threshold`).
 
 On a CPU with a fixed seed two runs give identical weights (``minutes`` unset: the schedule is counted in
 steps; a wall-time budget makes the number of steps depend on the machine).
@@ -18,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,10 @@ class DetectorTrainConfig:
     train_images: int = 0  # use the first N scenes of the training split (0: all)
     val_images: int = 0  # score the first N scenes of the held-out split (0: all)
     minutes: float | None = None  # wall-time budget: stop and anneal by elapsed time (not deterministic)
+    # With a held-out split: after training, set the model's score threshold to the one of THRESHOLDS that
+    # maximises min(recall, precision) there (a longer-trained detector is more confident than the default
+    # threshold assumes).
+    calibrate_threshold: bool = True
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -219,6 +224,27 @@ def evaluate_detector(
     return detection_metrics(records, data.scenes).as_dict()
 
 
+THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(2, 19))  # 0.10, 0.15 ... 0.90
+
+
+def calibrate_threshold(
+    model: CenterDetector, data: BoxData, device: torch.device | str
+) -> tuple[float, dict]:
+    """The threshold of THRESHOLDS with the largest min(recall, precision) on ``data`` (ties: the larger sum,
+    then the one nearest the model's own threshold), and its metrics."""
+    scored = {t: evaluate_detector(model, data, device, t) for t in THRESHOLDS}
+    own = model.config.threshold
+    best = max(
+        scored,
+        key=lambda t: (
+            min(scored[t]["recall"], scored[t]["precision"]),
+            scored[t]["recall"] + scored[t]["precision"],
+            -abs(t - own),
+        ),
+    )
+    return best, scored[best]
+
+
 def train_detector(
     cfg: DetectorTrainConfig,
     train_dir: str | Path,
@@ -249,8 +275,8 @@ def train_detector(
     budget = cfg.minutes * 60 if cfg.minutes is not None else None
     sched = Schedule(cfg.lr, cfg.warmup_steps, per_epoch * cfg.epochs, budget)
     clock = Clock(time.perf_counter(), budget)
-    step, metrics = 0, {}
-    for epoch in range(1, (cfg.epochs if budget is None else 10**6) + 1):
+    step, metrics, last = 0, {}, cfg.epochs if budget is None else 10**6
+    for epoch in range(1, last + 1):
         totals, step = _train_epoch(model, opt, sched, clock, train, cfg, gen, step, device, progress, epoch)
         metrics = {"epoch": float(epoch), **totals, "seconds": clock.elapsed()}
         if val is not None:
@@ -261,9 +287,19 @@ def train_detector(
             f", val recall {metrics['val/recall']:.4f} precision {metrics['val/precision']:.4f}" if val else "",
             clock.elapsed(),
         )  # fmt: skip
-        _save(run, model, cfg, epoch, metrics)
-        if clock.over():
+        if clock.over() or epoch == last:
             break
+        _save(run, model, cfg, epoch, metrics)  # every epoch's checkpoint but the last, saved below
+    if val is not None and cfg.calibrate_threshold:
+        threshold, at = calibrate_threshold(model, val, device)
+        log.info(
+            "detector threshold %.2f (was %.2f): val recall %.4f precision %.4f",
+            threshold, cfg.model.threshold, at["recall"], at["precision"],
+        )  # fmt: skip
+        cfg = replace(cfg, model=replace(cfg.model, threshold=threshold))
+        model.config = cfg.model
+        metrics.update({"threshold": threshold, **{f"val/{k}": v for k, v in at.items()}})
+    _save(run, model, cfg, epoch, metrics)
     return metrics
 
 
