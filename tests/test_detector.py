@@ -17,6 +17,7 @@ from nscl.config import ConfigError
 from nscl.data import Box, Scene, SceneObject
 from nscl.errors import DataError
 from nscl.inference.detect import (
+    DetectionMetrics,
     detect_images,
     detection_metrics,
     load_detector,
@@ -166,12 +167,21 @@ def test_threshold_calibration_takes_the_best_balance(monkeypatch: pytest.Monkey
     import nscl.training.detector as td
 
     det = CenterDetector(DetectorConfig(height=48, width=8, head_channels=16, threshold=0.6))
+    data = type("Data", (), {"scenes": []})()
     curve = {"recall": lambda t: 1.0 - 0.1 * t, "precision": lambda t: 0.9 + 0.05 * t}
-    monkeypatch.setattr(td, "evaluate_detector", lambda m, d, dev, t: {k: f(t) for k, f in curve.items()})
+    monkeypatch.setattr(td, "detect_split", lambda m, d, dev, t: [])
+
+    def fake(records: list, scenes: list, threshold: float) -> DetectionMetrics:
+        """The made-up scores of ``threshold``."""
+        return DetectionMetrics(curve["recall"](threshold), curve["precision"](threshold), 0, 0, 0, 0, 0)
+
+    monkeypatch.setattr(td, "detection_metrics", fake)
     # 1 - 0.1 t = 0.9 + 0.05 t at t = 2/3; on the grid min() peaks at 0.65 (0.9325 against 0.93 at 0.70)
-    assert td.calibrate_threshold(det, None, "cpu")[0] == 0.65
-    monkeypatch.setattr(td, "evaluate_detector", lambda m, d, dev, t: {"recall": 1.0, "precision": 1.0})
-    assert td.calibrate_threshold(det, None, "cpu")[0] == 0.6
+    assert td.calibrate_threshold(det, data, "cpu")[0] == 0.65
+    monkeypatch.setattr(
+        td, "detection_metrics", lambda records, scenes, threshold: DetectionMetrics(1, 1, 0, 0, 0, 0, 0)
+    )
+    assert td.calibrate_threshold(det, data, "cpu")[0] == 0.6
 
 
 def test_training_is_deterministic(tmp_path: Path) -> None:

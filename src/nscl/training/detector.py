@@ -208,10 +208,10 @@ class Schedule:
         return self.base_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * self.progress(step, elapsed))))
 
 
-def evaluate_detector(
+def detect_split(
     model: CenterDetector, data: BoxData, device: torch.device | str, threshold: float | None = None
-) -> dict[str, float]:
-    """Recall / precision on ``data`` (records built as ``nscl detect`` builds them)."""
+) -> list[dict[str, Any]]:
+    """Detection records of ``data``'s images, built as ``nscl detect`` builds them."""
     model.eval()
     records = []
     for start in range(0, len(data.scenes), 64):
@@ -221,7 +221,14 @@ def evaluate_detector(
         ):
             dets = [{"box": b, "score": float(sc)} for b, sc in zip(boxes.tolist(), scores.tolist())]
             records.append({"image_filename": s.image_filename, "objects_detection": dets})
-    return detection_metrics(records, data.scenes).as_dict()
+    return records
+
+
+def evaluate_detector(
+    model: CenterDetector, data: BoxData, device: torch.device | str, threshold: float | None = None
+) -> dict[str, float]:
+    """Recall / precision on ``data``."""
+    return detection_metrics(detect_split(model, data, device, threshold), data.scenes).as_dict()
 
 
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(2, 19))  # 0.10, 0.15 ... 0.90
@@ -232,7 +239,8 @@ def calibrate_threshold(
 ) -> tuple[float, dict]:
     """The threshold of THRESHOLDS with the largest min(recall, precision) on ``data`` (ties: the larger sum,
     then the one nearest the model's own threshold), and its metrics."""
-    scored = {t: evaluate_detector(model, data, device, t) for t in THRESHOLDS}
+    records = detect_split(model, data, device, THRESHOLDS[0])  # one pass; higher thresholds filter it
+    scored = {t: detection_metrics(records, data.scenes, threshold=t).as_dict() for t in THRESHOLDS}
     own = model.config.threshold
     best = max(
         scored,
