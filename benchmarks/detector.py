@@ -26,6 +26,7 @@ Data defaults: ``data/demo/{train-set/train, val-set/val}`` (what ``make demo`` 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -73,18 +74,21 @@ def row(name: str, train_s: float, sw: dict[str, Any], ips1: float, ips32: float
     (t, m), (tb, mb) = sw["default"], sw["best"]
     return (
         f"| {name} | {train_s / 60:.1f} | {t:.2f} | {100 * m.recall:.2f} | {100 * m.precision:.2f} "
+        f"| {m.mean_iou:.3f} "
         f"| {tb:.2f} | {100 * mb.recall:.2f} | {100 * mb.precision:.2f} | {ips1:.1f} | {ips32:.1f} |"
     )
 
 
 HEADER = (
-    "| model | train min | thr | recall % | precision % | best thr | recall % | precision % "
-    "| img/s (1) | img/s (32) |\n|---|---|---|---|---|---|---|---|---|---|"
+    "| model | train min | thr | recall % | precision % | box IoU | best thr | recall % | precision % "
+    "| img/s (1) | img/s (32) |\n|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
-def centre_report(det_path: Path, scenes: Sequence[Any], paths: Sequence[Path], train_s: float) -> str:
-    det = load_detector(det_path)
+def centre_report(
+    det_path: Path, scenes: Sequence[Any], paths: Sequence[Path], train_s: float, vote: bool | None = None
+) -> str:
+    det = _load(det_path, vote)
     records = detect_images(det, paths, "cpu", threshold=0.05)
     sw = sweep(records, scenes, det.config.threshold)
     n = min(len(paths), 200)
@@ -228,7 +232,9 @@ def matched_boxes(
     return out
 
 
-def qa_with_detections(det_path: Path, qa_path: Path, val_dir: Path) -> dict[str, float]:
+def qa_with_detections(
+    det_path: Path, qa_path: Path, val_dir: Path, vote: bool | None = None
+) -> dict[str, float]:
     """QA accuracy of an NSCL checkpoint on ``val_dir`` with true boxes and with detected boxes."""
     ck = load(qa_path, "cpu")
     model, cfg, domain = ck.model, ck.config, ck.domain
@@ -241,7 +247,7 @@ def qa_with_detections(det_path: Path, qa_path: Path, val_dir: Path) -> dict[str
         "v/acc/qa"
     ]
     scenes = sorted(split.scenes.values(), key=lambda s: s.image_index)
-    det = load_detector(det_path)
+    det = _load(det_path, vote)
     records = detect_images(det, [paths.images / s.image_filename for s in scenes], "cpu")
     for s, r in zip(scenes, records):
         r["image_index"] = s.image_index
@@ -267,6 +273,14 @@ def qa_with_detections(det_path: Path, qa_path: Path, val_dir: Path) -> dict[str
         m = evaluate(model, dds, np.arange(len(dds)), "cpu", "v", cfg.eval_batch_size, False)
     result["detected boxes"] = m["v/acc/qa"]
     return result
+
+
+def _load(det_path: Path, vote: bool | None) -> Any:
+    """The detector, its ``box_vote`` replaced when ``vote`` is not None."""
+    det = load_detector(det_path)
+    if vote is not None:
+        det.config = dataclasses.replace(det.config, box_vote=vote)
+    return det
 
 
 def real_smoke(det_path: Path, real: Path) -> list[str]:
@@ -299,6 +313,12 @@ def main() -> None:
     ap.add_argument(
         "--real", type=Path, help="real CLEVR dir (images/, CLEVR_train_scenes.json): smoke counts"
     )
+    ap.add_argument(
+        "--box-vote",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decode with (or without) box voting [the detector's own setting]",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -317,9 +337,9 @@ def main() -> None:
     if det_path is None:
         return
     print(HEADER)
-    print(centre_report(det_path, scenes, paths, float("nan")))
+    print(centre_report(det_path, scenes, paths, float("nan"), args.box_vote))
     if args.qa_load is not None:
-        qa = qa_with_detections(det_path, args.qa_load, args.val_dir)
+        qa = qa_with_detections(det_path, args.qa_load, args.val_dir, args.box_vote)
         print("\n| boxes | QA accuracy % |\n|---|---|")
         for k in ("true boxes", "found objects' detected boxes", "detected boxes"):
             print(f"| {k} | {100 * qa[k]:.2f} |")

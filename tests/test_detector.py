@@ -29,6 +29,7 @@ from nscl.models.detector import (
     DetectorConfig,
     DetectorOutput,
     decode,
+    dense_boxes,
     detector_loss,
     make_targets,
     working_size,
@@ -42,8 +43,11 @@ RELATIONS = ("left", "right", "front", "behind")
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def _write_split(root: Path, n_images: int, seed: int, size: tuple[int, int] = (64, 48)) -> Path:
-    """A split of grey images with 1-3 coloured rectangles each, their boxes in scenes.json."""
+def _write_split(
+    root: Path, n_images: int, seed: int, size: tuple[int, int] = (64, 48), sides: tuple[int, int] = (8, 17)
+) -> Path:
+    """A split of grey images with 1-3 coloured rectangles each (sides in [sides[0], sides[1]) pixels), their
+    boxes in scenes.json."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True)
     W, H = size
@@ -53,7 +57,7 @@ def _write_split(root: Path, n_images: int, seed: int, size: tuple[int, int] = (
         objects = []
         for _ in range(int(rng.integers(1, 4))):
             for _attempt in range(20):
-                w, h = int(rng.integers(8, 17)), int(rng.integers(8, 17))
+                w, h = int(rng.integers(*sides)), int(rng.integers(*sides))
                 x0, y0 = int(rng.integers(0, W - w)), int(rng.integers(0, H - h))
                 if all(x0 >= b[2] + 2 or x0 + w + 2 <= b[0] or y0 >= b[3] + 2 or y0 + h + 2 <= b[1] for b in
                        (o["box"] for o in objects)):  # fmt: skip
@@ -145,6 +149,8 @@ def test_config_rejects_unknown_keys() -> None:
     with pytest.raises(ConfigError, match="multiple of 16"):
         DetectorConfig(height=50)
     assert working_size(320, 480, 128) == (128, 192)
+    with pytest.raises(ConfigError, match="box_vote needs dense_boxes"):
+        DetectorTrainConfig.from_dict({"model": {"box_vote": True}})
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -161,6 +167,17 @@ def test_training_overfits_tiny_split(overfit: tuple[Path, Path, dict]) -> None:
     )
 
 
+def test_dense_training_overfits_and_decodes_by_vote(tmp_path: Path) -> None:
+    # rectangles of 20-32 pixels: 5-8 cells, so that each core covers more than its centre cell
+    data = _write_split(tmp_path / "data", 4, seed=1, size=(96, 64), sides=(20, 33))
+    cfg = _tiny_cfg(dense_boxes=True, model={**TINY_MODEL, "height": 64, "box_vote": True})
+    metrics = train_detector(cfg, data, data, tmp_path / "run", "cpu")
+    assert metrics["val/recall"] == 1.0 and metrics["val/precision"] == 1.0
+    assert metrics["val/mean_iou"] > 0.7
+    det = load_detector(tmp_path / "run" / "checkpoint_last.pth")
+    assert det.config.box_vote
+
+
 def test_threshold_calibration_takes_the_best_balance(monkeypatch: pytest.MonkeyPatch) -> None:
     """Recall falls and precision rises with the threshold: the calibrated threshold is where the smaller of
     the two is largest; when every threshold is perfect, the model's own one is kept."""
@@ -173,13 +190,13 @@ def test_threshold_calibration_takes_the_best_balance(monkeypatch: pytest.Monkey
 
     def fake(records: list, scenes: list, threshold: float) -> DetectionMetrics:
         """The made-up scores of ``threshold``."""
-        return DetectionMetrics(curve["recall"](threshold), curve["precision"](threshold), 0, 0, 0, 0, 0)
+        return DetectionMetrics(curve["recall"](threshold), curve["precision"](threshold), 0, 0, 0, 0, 0, 0.0)
 
     monkeypatch.setattr(td, "detection_metrics", fake)
     # 1 - 0.1 t = 0.9 + 0.05 t at t = 2/3; on the grid min() peaks at 0.65 (0.9325 against 0.93 at 0.70)
     assert td.calibrate_threshold(det, data, "cpu")[0] == 0.65
     monkeypatch.setattr(
-        td, "detection_metrics", lambda records, scenes, threshold: DetectionMetrics(1, 1, 0, 0, 0, 0, 0)
+        td, "detection_metrics", lambda records, scenes, threshold: DetectionMetrics(1, 1, 0, 0, 0, 0, 0, 0.0)
     )
     assert td.calibrate_threshold(det, data, "cpu")[0] == 0.6
 
@@ -270,3 +287,71 @@ def test_greedy_matching_takes_best_score_first() -> None:
     db = torch.tensor([[0.0, 0, 10, 9], [0.0, 0, 10, 10]])
     assert match_detections(db, torch.tensor([0.9, 0.5]), gtb, 0.5).tolist() == [0, -1]
     assert match_detections(db, torch.tensor([0.5, 0.9]), gtb, 0.5).tolist() == [-1, 0]
+
+
+def test_mean_iou_of_matched_detections_by_hand() -> None:
+    gt = _scene([[0, 0, 20, 20], [30, 0, 50, 20]])
+    dets = [
+        {"box": [0, 0, 20, 10], "score": 0.9},  # IoU 0.5 with object 0
+        {"box": [30, 0, 50, 20], "score": 0.8},  # IoU 1 with object 1
+        {"box": [100, 0, 120, 20], "score": 0.7},  # unmatched: not in the mean
+    ]
+    m = detection_metrics([{"image_filename": "a.png", "objects_detection": dets}], [gt])
+    assert m.true_positives == 2 and m.mean_iou == pytest.approx(0.75)
+
+
+# --------------------------------------------------------------------------------------------- dense boxes
+def _boxes_from_targets(t: object, b: int = 0) -> torch.Tensor:
+    """The box every cell's size and offset targets describe, (h, w, 4) pixels."""
+    out = DetectorOutput(torch.zeros_like(t.heat), t.size, t.offset)
+    return dense_boxes(out)[b].permute(1, 2, 0)
+
+
+def test_dense_targets_give_every_core_cell_the_objects_box() -> None:
+    boxes = [torch.tensor([[8.0, 8.0, 48.0, 40.0], [44.0, 12.0, 60.0, 22.0], [70.0, 30.0, 73.0, 34.0]])]
+    t = make_targets(boxes, (16, 20), "cpu", dense=True)
+    cells = _boxes_from_targets(t)  # (h, w, 4)
+    per_object = []
+    for box in boxes[0]:
+        mine = (t.box_weight[0, 0] > 0) & torch.isclose(cells, box, atol=1e-4).all(-1)  # (h, w)
+        per_object.append(float(t.box_weight[0, 0][mine].sum()))
+    assert per_object == pytest.approx([1.0, 1.0, 1.0])  # each object's weights sum to 1, on its own box
+    assert int((t.box_weight > 0).sum()) > 3  # more than the centre cells
+    w = t.box_weight[0, 0]
+    assert w[6, 7] == w[2:10, 2:12].max()  # the large object's weight peaks at its centre cell (7, 6)
+    sparse = make_targets(boxes, (16, 20), "cpu")
+    assert torch.equal(sparse.box_weight, sparse.centre)  # without dense: the centre cells only
+    assert torch.equal(sparse.heat, t.heat) and torch.equal(sparse.centre, t.centre)
+
+
+def test_dense_loss_is_zero_at_the_targets_and_reaches_every_cell() -> None:
+    t = make_targets([torch.tensor([[8.0, 8.0, 48.0, 40.0]])], (16, 20), "cpu", dense=True)
+    size = (t.size + 0.1).requires_grad_(True)  # off by 0.1 everywhere: L1's gradient is nonzero
+    loss = detector_loss(DetectorOutput(torch.zeros_like(t.heat), size, t.offset + 0.5), t)
+    assert float(detector_loss(DetectorOutput(torch.zeros_like(t.heat), t.size, t.offset), t).size) == 0.0
+    assert float(loss.offset) == pytest.approx(1.0, abs=1e-5)  # |0.5| on x and y, weights summing to 1 per object
+    assert float(loss.size) == pytest.approx(0.2, abs=1e-5)
+    loss.total.backward()
+    assert torch.equal(size.grad.abs().sum(1, keepdim=True) > 0, t.box_weight > 0)
+
+
+def test_vote_averages_the_neighbours_that_agree() -> None:
+    h, w = 8, 12
+    heat = torch.full((1, 1, h, w), -10.0)
+    heat[0, 0, 3, 4] = 2.0  # the peak
+    heat[0, 0, 3, 5] = 0.0  # a neighbour predicting a box 2 pixels wider: weight sigmoid(0) = 0.5
+    heat[0, 0, 2, 4] = 0.0  # a neighbour predicting a disjoint box: left out
+    size = torch.zeros(1, 2, h, w)
+    size[0, :, 3, 4] = math.log(4.0)  # 16 x 16 pixels
+    size[0, 0, 3, 5], size[0, 1, 3, 5] = math.log(4.5), math.log(4.0)  # 18 x 16, same centre
+    offset = torch.zeros(1, 2, h, w)
+    offset[0, 0, 3, 5] = -1.0  # the cell to the right pointing back at the peak's centre
+    offset[0, 1, 2, 4] = -5.0  # far above
+    out = DetectorOutput(heat, size, offset)
+    (plain,) = decode(out, 0.5, 10)
+    (voted,) = decode(out, 0.5, 10, vote=True)
+    p = float(torch.sigmoid(torch.tensor(2.0)))
+    half_w = (8.0 * p + 9.0 * 0.5) / (p + 0.5)
+    assert torch.allclose(plain.boxes, torch.tensor([[8.0, 4.0, 24.0, 20.0]]))
+    assert torch.allclose(voted.boxes, torch.tensor([[16 - half_w, 4.0, 16 + half_w, 20.0]]), atol=1e-5)
+    assert torch.equal(plain.scores, voted.scores)

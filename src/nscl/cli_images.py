@@ -81,6 +81,11 @@ def _train_detector_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="[16]")
     p.add_argument("--minutes", type=float, default=None, help="stop after this much training time")
     p.add_argument("--seed", type=int, default=None, help="[0]")
+    p.add_argument(
+        "--dense-boxes",
+        action="store_true",
+        help="box targets at every cell of each object's core, decoded by box voting (dense_boxes, box_vote)",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true")
@@ -99,6 +104,8 @@ def cmd_train_detector(args: argparse.Namespace) -> int:
 
     cfg = DetectorTrainConfig.from_dict(read_json(args.config) if args.config else None)
     overrides = {k: getattr(args, k) for k in ("epochs", "minutes", "seed") if getattr(args, k) is not None}
+    if args.dense_boxes:
+        overrides.update(dense_boxes=True, model=dataclasses.replace(cfg.model, box_vote=True))
     try:
         cfg = dataclasses.replace(cfg, **overrides)
     except ValueError as e:

@@ -111,7 +111,7 @@ def detect_prepared(
         by_size.setdefault(tuple(im.pixels.shape), []).append(i)
     for idx in by_size.values():
         batch = torch.stack([images[i].pixels for i in idx]).to(device)  # (B, 3, H, W)
-        dets = decode(detector(batch), thr, cfg.max_detections, cfg.nms_iou)
+        dets = decode(detector(batch), thr, cfg.max_detections, cfg.nms_iou, cfg.box_vote)
         for i, d in zip(idx, dets):
             im = images[i]
             scale = torch.tensor([im.scale_x, im.scale_y, im.scale_x, im.scale_y])
@@ -178,6 +178,7 @@ class DetectionMetrics:
     true_positives: int  # detections matched to any object
     detections: int
     objects: int  # all ground-truth objects
+    mean_iou: float  # mean IoU of the matched detections with their objects' boxes (box precision)
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
         return {f"{prefix}{k}": float(v) for k, v in self.__dict__.items()}
@@ -224,6 +225,7 @@ def detection_metrics(
     ground-truth scenes whose objects have boxes. Detections scoring below ``threshold`` are ignored."""
     by_name = {str(r["image_filename"]): r for r in detections}
     found = large = tp = n_det = n_obj = 0
+    iou_sum = 0.0
     for s in scenes:
         rec = by_name.get(s.image_filename)
         if rec is None:
@@ -239,6 +241,9 @@ def detection_metrics(
         found += int((hit & is_large).sum())
         large += int(is_large.sum())
         tp += int((matched >= 0).sum())
+        if (matched >= 0).any():
+            pairs = (matched >= 0).nonzero()[:, 0]
+            iou_sum += float(box_iou(db[pairs], gb[matched[pairs]]).diagonal().sum())
         n_det += len(dets)
         n_obj += len(gb)
     return DetectionMetrics(
@@ -249,4 +254,5 @@ def detection_metrics(
         true_positives=tp,
         detections=n_det,
         objects=n_obj,
+        mean_iou=iou_sum / tp if tp else 0.0,
     )

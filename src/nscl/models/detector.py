@@ -45,6 +45,10 @@ class DetectorConfig:
     max_detections: int = 40  # K: at most this many boxes per image
     threshold: float = 0.4  # default score threshold of decoding (chosen on the demo's held-out split)
     nms_iou: float = 0.7  # boxes overlapping a better one by more than this IoU are dropped
+    # Decode each box as the heat-weighted mean of the boxes its peak's 3 x 3 neighbourhood predicts (those
+    # overlapping the peak's own box by IoU >= 0.5). Only for detectors trained with dense box targets
+    # (``DetectorTrainConfig.dense_boxes``): elsewhere the neighbours' regressions are untrained.
+    box_vote: bool = False
 
     def __post_init__(self) -> None:
         if self.height < 16 or self.height % 16:
@@ -137,27 +141,50 @@ def working_size(height: int, width: int, work_height: int) -> tuple[int, int]:
     return work_height, w
 
 
+def dense_boxes(out: DetectorOutput) -> Tensor:
+    """The box every cell predicts, ``(B, 4, h, w)`` xyxy in input-image pixels."""
+    h, w = out.heat.shape[-2:]
+    xs = torch.arange(w, dtype=out.offset.dtype, device=out.offset.device)[None, :]  # (1, w)
+    ys = torch.arange(h, dtype=out.offset.dtype, device=out.offset.device)[:, None]  # (h, 1)
+    cx = (xs + out.offset[:, 0]) * STRIDE  # (B, h, w) pixels
+    cy = (ys + out.offset[:, 1]) * STRIDE
+    half = out.size.exp() * (STRIDE / 2)  # (B, 2, h, w) half width, half height in pixels
+    return torch.stack([cx - half[:, 0], cy - half[:, 1], cx + half[:, 0], cy + half[:, 1]], dim=1)
+
+
+def _pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of boxes ``a`` (..., 4) with ``b`` (..., 4), elementwise (broadcast) over the leading dimensions."""
+    lt = torch.maximum(a[..., :2], b[..., :2])
+    rb = torch.minimum(a[..., 2:], b[..., 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(-1) + (b[..., 2:] - b[..., :2]).clamp(min=0).prod(-1)
+    return inter / (area - inter).clamp(min=1e-6)
+
+
 def decode(
-    out: DetectorOutput, threshold: float, max_detections: int, nms_iou: float = 1.0
+    out: DetectorOutput, threshold: float, max_detections: int, nms_iou: float = 1.0, vote: bool = False
 ) -> list[Detections]:
     """Boxes of each image of the batch: 3 x 3 local maxima of the centre heatmap scoring >= ``threshold``, at
-    most ``max_detections``, then NMS at ``nms_iou`` (1.0: none). Boxes are in input-image pixels."""
+    most ``max_detections``, then NMS at ``nms_iou`` (1.0: none). Boxes are in input-image pixels.
+
+    ``vote``: each box is the heat-weighted mean of the boxes of the peak's 3 x 3 neighbourhood that overlap
+    the peak's own box by IoU >= 0.5 (the peak's own always does), instead of the peak's box alone."""
     heat = torch.sigmoid(out.heat)  # (B, 1, h, w)
     peaks = heat == F.max_pool2d(heat, 3, stride=1, padding=1)
     scores = (heat * peaks).flatten(1)  # (B, h*w)
     k = min(max_detections, scores.shape[1])
     top, idx = scores.topk(k, dim=1)  # (B, k)
-    w = out.heat.shape[-1]
-    ys, xs = (idx // w).float(), (idx % w).float()  # (B, k) cells
-    size = out.size.flatten(2).gather(2, idx[:, None].expand(-1, 2, -1)).exp() * STRIDE  # (B, 2, k) pixels
-    off = out.offset.flatten(2).gather(2, idx[:, None].expand(-1, 2, -1))  # (B, 2, k) cells
-    cx = (xs + off[:, 0]) * STRIDE  # (B, k) pixels
-    cy = (ys + off[:, 1]) * STRIDE
-    boxes = torch.stack(
-        [cx - size[:, 0] / 2, cy - size[:, 1] / 2, cx + size[:, 0] / 2, cy + size[:, 1] / 2], dim=-1
-    )  # (B, k, 4)
+    B, _, h, w = out.heat.shape
+    cells = dense_boxes(out)  # (B, 4, h, w)
+    boxes = cells.flatten(2).gather(2, idx[:, None].expand(-1, 4, -1)).transpose(1, 2)  # (B, k, 4)
+    if vote:
+        near = F.unfold(cells, 3, padding=1).view(B, 4, 9, h * w)  # (B, 4, 9, h*w); outside: zero boxes
+        near = near.gather(3, idx[:, None, None].expand(-1, 4, 9, -1)).permute(0, 3, 2, 1)  # (B, k, 9, 4)
+        weight = F.unfold(heat, 3, padding=1).gather(2, idx[:, None].expand(-1, 9, -1)).transpose(1, 2)
+        weight = weight * (_pairwise_iou(near, boxes[:, :, None]) >= 0.5)  # (B, k, 9)
+        boxes = (near * weight[..., None]).sum(2) / weight.sum(2, keepdim=True).clamp(min=1e-12)
     result = []
-    for b in range(boxes.shape[0]):
+    for b in range(B):
         keep = top[b] >= threshold
         bx, sc = boxes[b][keep], top[b][keep]
         if nms_iou < 1.0 and len(sc) > 1:
@@ -173,18 +200,29 @@ class DetectorTargets:
     """Training targets on the stride-4 grid."""
 
     heat: Tensor  # (B, 1, h, w) Gaussian peaks in [0, 1], exactly 1 at each object's centre cell
-    size: Tensor  # (B, 2, h, w) log box size in cells, at centre cells
-    offset: Tensor  # (B, 2, h, w) centre offset in cells, at centre cells
+    size: Tensor  # (B, 2, h, w) log box size in cells, where box_weight > 0
+    offset: Tensor  # (B, 2, h, w) the centre's position relative to the cell, in cells, where box_weight > 0
     centre: Tensor  # (B, 1, h, w) 1.0 at the centre cell of each object, else 0
+    box_weight: Tensor  # (B, 1, h, w) weight of each cell's size and offset loss; each object's sum to 1
     n_objects: int
 
 
-def make_targets(boxes: list[Tensor], grid: tuple[int, int], device: torch.device | str) -> DetectorTargets:
+DENSE_CORE = 0.5  # dense box targets cover the cells where an object's Gaussian is at least this
+
+
+def make_targets(
+    boxes: list[Tensor], grid: tuple[int, int], device: torch.device | str, dense: bool = False
+) -> DetectorTargets:
     """Targets for a batch. ``boxes``: one (N_b, 4) xyxy pixel tensor per image; ``grid`` = (h, w).
 
     Each object draws an axis-aligned Gaussian on the heatmap with standard deviations proportional to its
     box's width and height (an elliptical peak: thin objects get thin peaks); where peaks overlap, the
-    maximum wins. Where two centres share a cell the larger box (drawn last) owns the regression targets.
+    maximum wins. Box targets (size and offset) sit at each object's centre cell, where two centres sharing a
+    cell go to the larger box (drawn last). ``dense``: at every cell of the object's core (Gaussian >=
+    DENSE_CORE) as well, so that every cell near a peak predicts the box (see ``decode``'s ``vote``); half
+    of each object's weight stays on its centre cell (the peak that decoding reads), the other half is spread
+    over its core in proportion to the Gaussian. A cell shared by two cores goes to the object whose Gaussian
+    is higher there (ties: the larger).
     """
     h, w = grid
     B = len(boxes)
@@ -192,6 +230,7 @@ def make_targets(boxes: list[Tensor], grid: tuple[int, int], device: torch.devic
     size = torch.zeros(B, 2, h, w)
     offset = torch.zeros(B, 2, h, w)
     centre = torch.zeros(B, 1, h, w)
+    weight = torch.zeros(B, 1, h, w)
     yy = torch.arange(h, dtype=torch.float32)[:, None]  # (h, 1)
     xx = torch.arange(w, dtype=torch.float32)[None, :]  # (1, w)
     n = 0
@@ -199,6 +238,7 @@ def make_targets(boxes: list[Tensor], grid: tuple[int, int], device: torch.devic
         if len(bx) == 0:
             continue
         areas = (bx[:, 2] - bx[:, 0]) * (bx[:, 3] - bx[:, 1])
+        cores = []  # dense: (core Gaussian, size target, centre, centre cell) of each object, small first
         for x0, y0, x1, y1 in bx[areas.argsort()].tolist():  # small first: large boxes win shared cells
             bw, bh = max(x1 - x0, 1.0) / STRIDE, max(y1 - y0, 1.0) / STRIDE  # cells
             cx, cy = (x0 + x1) / 2 / STRIDE, (y0 + y1) / 2 / STRIDE
@@ -209,8 +249,28 @@ def make_targets(boxes: list[Tensor], grid: tuple[int, int], device: torch.devic
             size[b, :, iy, ix] = torch.tensor([math.log(bw), math.log(bh)])
             offset[b, :, iy, ix] = torch.tensor([cx - ix, cy - iy])
             centre[b, 0, iy, ix] = 1.0
+            cores.append((g * (g >= DENSE_CORE), (math.log(bw), math.log(bh)), (cx, cy), (iy, ix)))
             n += 1
-    return DetectorTargets(heat.to(device), size.to(device), offset.to(device), centre.to(device), n)
+        if not dense:
+            continue
+        stack = torch.stack([c[0] for c in cores])  # (N, h, w), small first
+        owner = len(cores) - 1 - stack.flip(0).argmax(0)  # (h, w): highest Gaussian, ties to the larger
+        for k, (g, (lw, lh), (cx, cy), (iy, ix)) in enumerate(cores):
+            mine = (owner == k) & (g > 0)  # (h, w)
+            if not mine.any():
+                continue
+            wk = 0.5 * g * mine / (g * mine).sum()
+            wk[iy, ix] += 0.5 * float(mine[iy, ix])
+            weight[b, 0] = torch.where(mine, wk, weight[b, 0])
+            size[b, 0] = torch.where(mine, lw, size[b, 0])
+            size[b, 1] = torch.where(mine, lh, size[b, 1])
+            offset[b, 0] = torch.where(mine, cx - xx, offset[b, 0])
+            offset[b, 1] = torch.where(mine, cy - yy, offset[b, 1])
+    if not dense:
+        weight = centre
+    return DetectorTargets(
+        heat.to(device), size.to(device), offset.to(device), centre.to(device), weight.to(device), n
+    )
 
 
 @dataclass
@@ -223,7 +283,8 @@ class DetectorLoss:
 
 def detector_loss(out: DetectorOutput, t: DetectorTargets, size_weight: float = 1.0) -> DetectorLoss:
     """CenterNet's penalty-reduced focal loss on the heatmap (negatives near a centre are down-weighted by
-    ``(1 - target)^4``) plus L1 losses of log size and offset at centre cells, each per object."""
+    ``(1 - target)^4``) plus L1 losses of log size and offset weighted by ``t.box_weight`` (centre cells, or
+    each object's Gaussian core), each per object."""
     n = max(t.n_objects, 1)
     logit = out.heat
     p = torch.sigmoid(logit).clamp(1e-4, 1 - 1e-4)
@@ -232,6 +293,6 @@ def detector_loss(out: DetectorOutput, t: DetectorTargets, size_weight: float = 
     pos_loss = -(((1 - p) ** 2) * log_p * pos).sum()
     neg_loss = -(((1 - t.heat) ** 4) * (p**2) * log_not_p * (1 - pos)).sum()
     heat = (pos_loss + neg_loss) / n
-    size = (F.l1_loss(out.size, t.size, reduction="none") * pos).sum() / n
-    offset = (F.l1_loss(out.offset, t.offset, reduction="none") * pos).sum() / n
+    size = (F.l1_loss(out.size, t.size, reduction="none") * t.box_weight).sum() / n
+    offset = (F.l1_loss(out.offset, t.offset, reduction="none") * t.box_weight).sum() / n
     return DetectorLoss(heat + size_weight * size + offset, heat, size, offset)

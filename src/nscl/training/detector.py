@@ -76,6 +76,9 @@ class DetectorTrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     size_weight: float = 1.0
+    # Size and offset targets at every cell of each object's Gaussian core, not only its centre cell
+    # (``make_targets``'s ``dense``); decode such a model with ``model.box_vote``.
+    dense_boxes: bool = False
     seed: int = 0
     train_images: int = 0  # use the first N scenes of the training split (0: all)
     val_images: int = 0  # score the first N scenes of the held-out split (0: all)
@@ -89,6 +92,10 @@ class DetectorTrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"detector training {name} must be positive, got {getattr(self, name)}")
+        if self.model.box_vote and not self.dense_boxes:
+            raise ConfigError(
+                "detector model.box_vote needs dense_boxes: only dense targets train the neighbours"
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> DetectorTrainConfig:
@@ -292,7 +299,8 @@ def train_detector(
         log.info(
             "detector epoch %d: loss %.4f (heat %.4f size %.4f offset %.4f)%s, %.0f s",
             epoch, totals["loss"], totals["loss/heat"], totals["loss/size"], totals["loss/offset"],
-            f", val recall {metrics['val/recall']:.4f} precision {metrics['val/precision']:.4f}" if val else "",
+            f", val recall {metrics['val/recall']:.4f} precision {metrics['val/precision']:.4f}"
+            f" box IoU {metrics['val/mean_iou']:.3f}" if val else "",
             clock.elapsed(),
         )  # fmt: skip
         if clock.over() or epoch == last:
@@ -301,8 +309,8 @@ def train_detector(
     if val is not None and cfg.calibrate_threshold:
         threshold, at = calibrate_threshold(model, val, device)
         log.info(
-            "detector threshold %.2f (was %.2f): val recall %.4f precision %.4f",
-            threshold, cfg.model.threshold, at["recall"], at["precision"],
+            "detector threshold %.2f (was %.2f): val recall %.4f precision %.4f box IoU %.3f",
+            threshold, cfg.model.threshold, at["recall"], at["precision"], at["mean_iou"],
         )  # fmt: skip
         cfg = replace(cfg, model=replace(cfg.model, threshold=threshold))
         model.config = cfg.model
@@ -357,7 +365,9 @@ def _train_epoch(
         if clock.over():
             break
         x, boxes = augment(data.images[idx], [data.boxes[j] for j in idx.tolist()], cfg.augment, gen)
-        loss = detector_loss(model(x.to(device)), make_targets(boxes, grid, device), cfg.size_weight)
+        loss = detector_loss(
+            model(x.to(device)), make_targets(boxes, grid, device, cfg.dense_boxes), cfg.size_weight
+        )
         for g in opt.param_groups:
             g["lr"] = sched.lr(step, clock.elapsed())
         opt.zero_grad(set_to_none=True)
