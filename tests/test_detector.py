@@ -329,9 +329,8 @@ def test_dense_loss_is_zero_at_the_targets_and_reaches_every_cell() -> None:
     size = (t.size + 0.1).requires_grad_(True)  # off by 0.1 everywhere: L1's gradient is nonzero
     loss = detector_loss(DetectorOutput(torch.zeros_like(t.heat), size, t.offset + 0.5), t)
     assert float(detector_loss(DetectorOutput(torch.zeros_like(t.heat), t.size, t.offset), t).size) == 0.0
-    assert float(loss.offset) == pytest.approx(
-        1.0, abs=1e-5
-    )  # |0.5| on x and y, weights summing to 1 per object
+    # |0.5| on x and on y, the weights summing to 1 per object
+    assert float(loss.offset) == pytest.approx(1.0, abs=1e-5)
     assert float(loss.size) == pytest.approx(0.2, abs=1e-5)
     loss.total.backward()
     assert torch.equal(size.grad.abs().sum(1, keepdim=True) > 0, t.box_weight > 0)
