@@ -249,7 +249,8 @@ def make_targets(
             size[b, :, iy, ix] = torch.tensor([math.log(bw), math.log(bh)])
             offset[b, :, iy, ix] = torch.tensor([cx - ix, cy - iy])
             centre[b, 0, iy, ix] = 1.0
-            cores.append((g * (g >= DENSE_CORE), (math.log(bw), math.log(bh)), (cx, cy), (iy, ix)))
+            if dense:
+                cores.append((g * (g >= DENSE_CORE), (math.log(bw), math.log(bh)), (cx, cy), (iy, ix)))
             n += 1
         if not dense:
             continue
